@@ -1,0 +1,162 @@
+/**
+ * Command-line plumbing shared by every command: option tables for
+ * `node:util` parseArgs, conversion of their values (sizes, seconds, ids)
+ * with usage errors that say what was expected, and the help texts' common
+ * parts.
+ *
+ * @module
+ */
+
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { UsageError } from "../errors.ts";
+import type { OpenOptions } from "../image.ts";
+import { setupLogging, type Verbosity } from "../log.ts";
+import { SPEC_FORMS } from "../spec.ts";
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** Options every command takes. */
+export const commonOptions = {
+  help: { type: "boolean", short: "h" },
+  verbose: { type: "boolean", short: "v", multiple: true },
+  quiet: { type: "boolean", short: "q" },
+} as const satisfies Options;
+
+/** Options of commands that talk to a 9P server. */
+export const serverOptions = {
+  uname: { type: "string" },
+  uid: { type: "string" },
+  msize: { type: "string" },
+  timeout: { type: "string" },
+} as const satisfies Options;
+
+/** Help text for {@link serverOptions} and the SPEC. */
+export const serverHelp = `
+SPEC is ${SPEC_FORMS}.
+  host:/srv/img            attach with aname /srv/img on port 564 (diod)
+  host:5640:/srv/img       another port;  [::1]:/srv/img  IPv6
+  unix:/run/9p.sock:/img   a Unix socket
+  host:/export//dir/img    attach to /export, then walk dir/img (nfs-ganesha)
+
+Server options:
+  --uname NAME      user name to attach as (default root)
+  --uid N           numeric uid to attach as (default: your uid)
+  --msize BYTES     largest 9P message to ask for (default 1M; the server may grant less)
+  --timeout SECONDS give up on a server that does not answer (default 10)`;
+
+/** Help text for {@link commonOptions}. */
+export const commonHelp = `
+Common options:
+  -v, --verbose     say more (twice: debug)
+  -q, --quiet       say only errors
+  -h, --help        this help`;
+
+/** parseArgs with its errors turned into usage errors. */
+export function parse<O extends Options>(
+  args: string[],
+  options: O,
+): {
+  values: ReturnType<typeof parseArgs<{ options: O; allowPositionals: true }>>["values"];
+  positionals: string[];
+} {
+  try {
+    const { values, positionals } = parseArgs({
+      args,
+      options,
+      allowPositionals: true,
+      strict: true,
+    });
+    return { values, positionals };
+  } catch (err) {
+    const { code, message } = err as { code?: string; message: string };
+    const named = /'([^']+)'/.exec(message)?.[1];
+    if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && named) {
+      throw new UsageError(`unknown option ${named}`);
+    }
+    throw new UsageError(message.split("\n")[0].replace(/ To specify .*/, ""));
+  }
+}
+
+/** Set up logging from -v/-q. */
+export async function applyVerbosity(
+  values: { verbose?: boolean[]; quiet?: boolean },
+  timestamps = false,
+): Promise<void> {
+  const count = values.verbose?.length ?? 0;
+  const verbosity: Verbosity = values.quiet
+    ? "quiet"
+    : count >= 2
+    ? "debug"
+    : count === 1
+    ? "verbose"
+    : "normal";
+  await setupLogging(verbosity, timestamps);
+}
+
+const sizeUnits: Record<string, number> = {
+  "": 1,
+  k: 1024,
+  m: 1024 ** 2,
+  g: 1024 ** 3,
+  t: 1024 ** 4,
+};
+
+/** `65536`, `64k`, `1M`, `2G` → bytes. */
+export function parseSize(option: string, text: string): number {
+  const match = /^([0-9]+)([kmgt]?)(i?b)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`--${option}: "${text}" is not a size (e.g. 65536, 64K, 1M)`);
+  const value = Number(match[1]) * sizeUnits[match[2].toLowerCase()];
+  if (!Number.isSafeInteger(value)) throw new UsageError(`--${option}: "${text}" is too large`);
+  return value;
+}
+
+/** A number of seconds (fractions allowed) within [min, max]. */
+export function parseSeconds(option: string, text: string, min: number, max = 86_400): number {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || value < min || value > max) {
+    throw new UsageError(`--${option}: "${text}" is not a number of seconds from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** A whole number within [min, max]. */
+export function parseInteger(option: string, text: string, min: number, max: number): number {
+  const value = Number(text);
+  if (!/^[0-9]+$/.test(text.trim()) || value < min || value > max) {
+    throw new UsageError(`--${option}: "${text}" is not a whole number from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** The server options as {@link OpenOptions}. */
+export function openOptions(values: {
+  uname?: string;
+  uid?: string;
+  msize?: string;
+  timeout?: string;
+}): OpenOptions {
+  const options: OpenOptions = {};
+  if (values.uname !== undefined) {
+    if (values.uname === "") throw new UsageError("--uname: empty user name");
+    options.uname = values.uname;
+  }
+  if (values.uid !== undefined) options.uid = parseInteger("uid", values.uid, 0, 0xfffffffe);
+  if (values.msize !== undefined) {
+    const msize = parseSize("msize", values.msize);
+    if (msize < 4096 || msize > 64 * 1024 * 1024) {
+      throw new UsageError(`--msize: ${msize} is outside 4K..64M`);
+    }
+    options.msize = msize;
+  }
+  options.timeoutMs = parseSeconds("timeout", values.timeout ?? "10", 1) * 1000;
+  return options;
+}
+
+/** Exactly `count` positional arguments, named for the error message. */
+export function positionals(args: string[], names: string[]): string[] {
+  if (args.length < names.length) throw new UsageError(`missing ${names[args.length]}`);
+  if (args.length > names.length) {
+    throw new UsageError(`unexpected argument "${args[names.length]}"`);
+  }
+  return args;
+}

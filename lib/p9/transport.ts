@@ -1,0 +1,139 @@
+/**
+ * Byte transports for 9P: dialing TCP and Unix sockets, writing fully, and
+ * cutting a byte stream into frames whose size is checked against msize
+ * before any buffer is grown for them.
+ *
+ * @module
+ */
+
+import { ConnectionError, TimeoutError } from "../errors.ts";
+import { frameSize, HEADER_BYTES } from "./wire.ts";
+
+/** Where a server listens. */
+export type Address =
+  | { kind: "tcp"; host: string; port: number }
+  | { kind: "unix"; path: string };
+
+/** The default 9P port (IANA "9pfs"). */
+export const DEFAULT_PORT = 564;
+
+/** `127.0.0.1:564`, `[::1]:564` or `unix:/run/9p.sock`: how errors and logs name a server. */
+export function formatAddress(address: Address): string {
+  if (address.kind === "unix") return `unix:${address.path}`;
+  return address.host.includes(":")
+    ? `[${address.host}]:${address.port}`
+    : `${address.host}:${address.port}`;
+}
+
+/** A duplex byte stream; `Deno.Conn` is one, and so are the tests' fakes. */
+export interface ByteStream {
+  read(p: Uint8Array): Promise<number | null>;
+  write(p: Uint8Array): Promise<number>;
+  close(): void;
+}
+
+/** Connect to `address`, giving up after `timeoutMs`. */
+export async function dial(address: Address, timeoutMs: number): Promise<ByteStream> {
+  const attempt = address.kind === "tcp"
+    ? Deno.connect({ hostname: address.host, port: address.port, transport: "tcp" })
+    : Deno.connect({ path: address.path, transport: "unix" });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new TimeoutError(`connect: no answer in ${timeoutMs / 1000} s`)),
+      timeoutMs,
+    );
+  });
+  try {
+    const conn = await Promise.race([attempt, deadline]);
+    // Small requests (Tread headers) must leave at once, not wait for Nagle.
+    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    return conn;
+  } catch (cause) {
+    // A connection that arrives after the deadline must not leak.
+    attempt.then((conn) => conn.close(), () => {});
+    if (cause instanceof ConnectionError) throw cause;
+    throw new ConnectionError(`connect: ${connectReason(cause)}`, { cause });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function connectReason(cause: unknown): string {
+  if (cause instanceof Deno.errors.ConnectionRefused) return "connection refused";
+  if (cause instanceof Deno.errors.NotFound) return "no such socket or host";
+  if (cause instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (cause instanceof Error) return cause.message;
+  return String(cause);
+}
+
+/** Write all of `bytes` (a stream's `write` may take only part). */
+export async function writeAll(
+  stream: { write(p: Uint8Array): Promise<number> },
+  bytes: Uint8Array,
+): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) done += await stream.write(bytes.subarray(done));
+}
+
+/**
+ * Cuts a byte stream into 9P frames. Reads in large gulps into one reused
+ * buffer; a returned frame is a view into that buffer and is valid only until
+ * the next call to {@link FrameReader.next}, so the caller must finish with
+ * it (decode, copy payload) first. That keeps the receive path at one copy.
+ */
+export class FrameReader {
+  #buffer: Uint8Array;
+  #start = 0;
+  #end = 0;
+  /** Largest frame accepted; raised to the negotiated msize after Tversion. */
+  maxFrameBytes: number;
+
+  constructor(readonly stream: ByteStream, maxFrameBytes: number, bufferBytes = 256 * 1024) {
+    this.maxFrameBytes = maxFrameBytes;
+    this.#buffer = new Uint8Array(Math.max(bufferBytes, HEADER_BYTES));
+  }
+
+  /** The next complete frame, or null at a clean end of stream between frames. */
+  async next(): Promise<Uint8Array | null> {
+    if (!(await this.#fill(4))) return null;
+    const size = frameSize(this.#buffer.subarray(this.#start, this.#start + 4), this.maxFrameBytes);
+    if (!(await this.#fill(size))) {
+      throw new ConnectionError("connection closed in the middle of a 9P frame");
+    }
+    const frame = this.#buffer.subarray(this.#start, this.#start + size);
+    this.#start += size;
+    return frame;
+  }
+
+  /** Make `count` bytes available at #start; false if the stream ended first. */
+  async #fill(count: number): Promise<boolean> {
+    if (this.#end - this.#start >= count) return true;
+    if (this.#buffer.length - this.#start < count) {
+      // Compact, growing only to a size already checked against msize.
+      if (this.#buffer.length >= count) {
+        this.#buffer.copyWithin(0, this.#start, this.#end);
+      } else {
+        const grown = new Uint8Array(count * 2);
+        grown.set(this.#buffer.subarray(this.#start, this.#end));
+        this.#buffer = grown;
+      }
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    while (this.#end - this.#start < count) {
+      let n: number | null;
+      try {
+        n = await this.stream.read(this.#buffer.subarray(this.#end));
+      } catch (cause) {
+        throw new ConnectionError(`connection lost: ${(cause as Error).message}`, { cause });
+      }
+      if (n === null || n === 0) {
+        if (this.#end === this.#start) return false;
+        throw new ConnectionError("connection closed in the middle of a 9P frame");
+      }
+      this.#end += n;
+    }
+    return true;
+  }
+}
