@@ -444,7 +444,8 @@ export class Session {
     const { tag, msg } = decode(frame);
     const entry = this.#pending.get(tag);
     if (!entry) throw new ProtocolError(`reply ${msgTypeName(msg.type)} with unknown tag ${tag}`);
-    if (msg.type === MsgType.Rlerror) {
+    const isError = msg.type === MsgType.Rlerror || msg.type === MsgType.Rerror;
+    if (isError) {
       if (msg.ecode < 1 || msg.ecode > maxErrno || !errnoName(msg.ecode)) {
         throw new ProtocolError(`Rlerror with errno ${msg.ecode}, which Linux does not define`);
       }
@@ -456,7 +457,7 @@ export class Session {
     if (entry.flushed) return; // Late reply to an abandoned request; the tag waits for Rflush.
     this.#pending.delete(tag);
     this.#freeTag(tag);
-    if (msg.type === MsgType.Rlerror) {
+    if (isError) {
       entry.reject(new P9Error(msg.ecode, entry.operation));
       return;
     }

@@ -18,6 +18,12 @@ import { ProtocolError } from "../errors.ts";
 export const MsgType = {
   Tlerror: 6,
   Rlerror: 7,
+  /**
+   * 9P2000's Rerror number. nfs-ganesha answers some 9P2000.L requests with
+   * it, carrying an Rlerror body (ecode[4]); Linux's client reads it the
+   * same way for .L sessions, and so do we.
+   */
+  Rerror: 107,
   Tstatfs: 8,
   Rstatfs: 9,
   Tlopen: 12,
@@ -115,6 +121,7 @@ type Layout = readonly (readonly [string, FieldKind])[];
  */
 export const layouts = {
   [MsgType.Rlerror]: [["ecode", "u32"]],
+  [MsgType.Rerror]: [["ecode", "u32"]],
   [MsgType.Tstatfs]: [["fid", "u32"]],
   [MsgType.Rstatfs]: [
     ["fsType", "u32"],
