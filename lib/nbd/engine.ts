@@ -1,0 +1,631 @@
+/**
+ * Serves one NBD connection (transmission phase only, as the Linux driver
+ * speaks it after NBD_SET_SOCK) from a {@link BlockBackend}.
+ *
+ * Requests are read one after another and served concurrently, up to a
+ * bounded window ({@link NbdEngineOptions.maxInflight}); when the window is
+ * full the engine stops reading, so the kernel's own queue (not our memory)
+ * absorbs the back-pressure. Replies go out in completion order, matched by
+ * cookie; they are serialized through one write chain so two replies never
+ * interleave on the socket, and each is written fully (a stream write may be
+ * partial).
+ *
+ * What ends a connection:
+ * - DISC, or EOF from the peer: stop reading, let requests in flight finish
+ *   and reply, close the stream, resolve {@link NbdEngine.serve};
+ * - a protocol error (bad magic, absurd length): the stream is out of step
+ *   and cannot be trusted, so drop it at once and reject with
+ *   {@link ProtocolError};
+ * - a socket read or write failure: reject with {@link ConnectionError};
+ * - {@link NbdEngine.stop}: close the stream, drop pending replies, resolve.
+ *
+ * A backend failure is never fatal: it becomes an error reply through
+ * {@link nbdErrorFor} and the engine keeps serving.
+ *
+ * @module
+ */
+
+import type { BlockBackend } from "../backend.ts";
+import { ConnectionError, ProtocolError } from "../errors.ts";
+import {
+  CommandFlag,
+  commandName,
+  decodeRequest,
+  encodeSimpleReply,
+  NbdCommand,
+  NbdError,
+  nbdErrorFor,
+  type NbdRequest,
+  REQUEST_BYTES,
+  SIMPLE_REPLY_BYTES,
+  TransmissionFlag,
+} from "./wire.ts";
+
+/** A duplex byte stream; `Deno.Conn` satisfies it. */
+export interface ByteStream {
+  /** Read into `p`; resolves with the count read, or null at end of stream. */
+  read(p: Uint8Array): Promise<number | null>;
+  /** Write some prefix of `p`; resolves with the count written (may be short). */
+  write(p: Uint8Array): Promise<number>;
+  close(): void;
+}
+
+/** Requests served at once when no option says otherwise. */
+export const DEFAULT_MAX_INFLIGHT = 64;
+/**
+ * Largest READ or WRITE accepted (the kernel's `max_hw_sectors` ceiling).
+ * Anything longer is a peer gone mad, not a request: the connection is dropped
+ * before a buffer of that size is allocated.
+ */
+export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
+/** The block layer's unit: the kernel sizes devices in 512-byte sectors. */
+export const SECTOR_BYTES = 512;
+
+/** Bytes of the shared zero buffer WRITE_ZEROES writes from, chunk by chunk. */
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+/** Internal read buffer: headers and small payloads come out of it without a read call each. */
+const READ_BUFFER_BYTES = 256 * 1024;
+
+/** Options of {@link NbdEngine}. */
+export interface NbdEngineOptions {
+  /** Requests served concurrently at most (default {@link DEFAULT_MAX_INFLIGHT}). */
+  maxInflight?: number;
+  /** Longest READ or WRITE accepted (default {@link MAX_REQUEST_BYTES}). */
+  maxRequestBytes?: number;
+  /**
+   * Size of the device the peer was told about (default: the backend's
+   * `sizeBytes`). Requests past it get EINVAL. It may exceed the image when
+   * sizes disagree; bytes between the image end and this size read as zeros
+   * (see {@link NbdEngine}).
+   */
+  exportSizeBytes?: number;
+  /** Told about every backend failure that became an error reply (for logging). */
+  onRequestError?: (err: unknown, request: NbdRequest) => void;
+}
+
+/** Options of {@link transmissionFlags}. */
+export interface TransmissionFlagOptions {
+  /**
+   * Advertise CAN_MULTI_CONN: only true when every connection to this image
+   * sees every other's acknowledged writes (one backend behind all of them).
+   */
+  canMultiConn?: boolean;
+}
+
+/**
+ * The transmission flags to advertise (NBD_SET_FLAGS) for `backend`.
+ * TRIM is never advertised: a 9P image has no hole-punching to map it to.
+ */
+export function transmissionFlags(
+  backend: Pick<BlockBackend, "readOnly">,
+  options: TransmissionFlagOptions = {},
+): number {
+  let flags: number = TransmissionFlag.hasFlags;
+  if (backend.readOnly) {
+    flags |= TransmissionFlag.readOnly;
+  } else {
+    flags |= TransmissionFlag.sendFlush | TransmissionFlag.sendFua |
+      TransmissionFlag.sendWriteZeroes;
+  }
+  if (options.canMultiConn) flags |= TransmissionFlag.canMultiConn;
+  return flags;
+}
+
+/**
+ * The device size to give the kernel (NBD_SET_SIZE) for an image of
+ * `imageSizeBytes`: rounded DOWN to a multiple of `blockSizeBytes`.
+ *
+ * Why down: NBD_SET_SIZE takes bytes, but the block layer addresses the device
+ * in 512-byte sectors and whole logical blocks, so a partial last block cannot
+ * be exposed. Rounding up would let the kernel ask for bytes the image does
+ * not have; rounding down keeps every request inside the image, at the price
+ * of hiding the (under one block) tail. With the default block size of 512
+ * that tail is at most 511 bytes. Returns 0 for an image smaller than a block.
+ */
+export function deviceSizeBytes(imageSizeBytes: number, blockSizeBytes = SECTOR_BYTES): number {
+  if (
+    !Number.isInteger(blockSizeBytes) || blockSizeBytes < SECTOR_BYTES ||
+    (blockSizeBytes & (blockSizeBytes - 1)) !== 0
+  ) {
+    throw new RangeError(`block size ${blockSizeBytes} is not a power of two ≥ 512`);
+  }
+  if (!Number.isSafeInteger(imageSizeBytes) || imageSizeBytes < 0) {
+    throw new RangeError(`image size ${imageSizeBytes} is not a byte count`);
+  }
+  return imageSizeBytes - imageSizeBytes % blockSizeBytes;
+}
+
+/**
+ * Serves one NBD connection from a backend. Create it, call
+ * {@link NbdEngine.serve} once; call {@link NbdEngine.stop} to end it early.
+ *
+ * The engine owns the stream: it closes it when serving ends, however it ends.
+ *
+ * Sizes: requests are checked against the export size; a request touching
+ * any byte past it gets EINVAL and never reaches the backend. When the export
+ * is larger than the image (only if the two were configured inconsistently),
+ * the part of a READ past the image end reads as zeros, a WRITE there is
+ * accepted only if those bytes are zeros (else ENOSPC: storing them is
+ * impossible and dropping them silently would lose data), and WRITE_ZEROES
+ * there is a no-op.
+ */
+export class NbdEngine {
+  readonly #stream: ByteStream;
+  readonly #backend: BlockBackend;
+  readonly #reader: StreamReader;
+  readonly #maxInflight: number;
+  readonly #maxRequestBytes: number;
+  readonly #exportSize: bigint;
+  readonly #imageSize: number;
+  readonly #onRequestError?: (err: unknown, request: NbdRequest) => void;
+  readonly #pool: BufferPool;
+
+  /** Requests admitted and not yet replied to. */
+  #inflight = 0;
+  /** Resolvers of everyone waiting for `#inflight` to drop. */
+  #waiters: Array<() => void> = [];
+  /** Backend writes in progress, which a FLUSH arriving now must wait for. */
+  readonly #pendingWrites = new Set<Promise<unknown>>();
+  /** Tail of the reply chain: each reply is written after the previous one. */
+  #writeTail: Promise<void> = Promise.resolve();
+  #zeros?: Uint8Array;
+
+  #serving = false;
+  #stopped = false;
+  /** The stream is closed or unusable; replies are dropped. */
+  #dead = false;
+  /** Reading ended by EOF or DISC: a failed reply write is then the peer leaving, not an error. */
+  #readingDone = false;
+  #closed = false;
+  #failure?: unknown;
+
+  constructor(stream: ByteStream, backend: BlockBackend, options: NbdEngineOptions = {}) {
+    this.#stream = stream;
+    this.#backend = backend;
+    this.#maxInflight = options.maxInflight ?? DEFAULT_MAX_INFLIGHT;
+    if (!Number.isInteger(this.#maxInflight) || this.#maxInflight < 1) {
+      throw new RangeError(`maxInflight must be a positive integer, not ${options.maxInflight}`);
+    }
+    this.#maxRequestBytes = options.maxRequestBytes ?? MAX_REQUEST_BYTES;
+    this.#imageSize = backend.sizeBytes;
+    this.#exportSize = BigInt(options.exportSizeBytes ?? backend.sizeBytes);
+    this.#onRequestError = options.onRequestError;
+    this.#reader = new StreamReader(stream, READ_BUFFER_BYTES);
+    this.#pool = new BufferPool(this.#maxInflight);
+  }
+
+  /** Requests currently admitted and not yet replied to. */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /**
+   * Serve until DISC, EOF or {@link stop}; resolves once every request in
+   * flight has been answered (or dropped, when stopped) and the stream is
+   * closed. Rejects with {@link ProtocolError} when the peer breaks the
+   * protocol and with {@link ConnectionError} when the socket fails.
+   */
+  async serve(): Promise<void> {
+    if (this.#serving) throw new Error("NbdEngine.serve() may be called only once");
+    this.#serving = true;
+    try {
+      await this.#readLoop();
+    } catch (err) {
+      // The stream is out of step or broken: nothing more can be said on it.
+      this.#failure ??= err;
+      this.#kill();
+    }
+    // Requests in flight still hold backend calls and buffers: wait for them
+    // so that when serve() settles, the backend is no longer being used.
+    while (this.#inflight > 0) await this.#nextCompletion();
+    await this.#writeTail;
+    this.#close();
+    if (this.#failure !== undefined && !this.#stopped) throw this.#failure;
+  }
+
+  /**
+   * End serving now: close the stream (which aborts the pending read), drop
+   * replies not yet written. {@link serve} resolves once the backend calls in
+   * flight settle.
+   */
+  stop(): void {
+    this.#stopped = true;
+    this.#kill();
+  }
+
+  async #readLoop(): Promise<void> {
+    try {
+      await this.#readRequests();
+    } finally {
+      // Set before any reply write can fail in a later turn, so that failure
+      // reads as the peer leaving rather than as a broken connection.
+      this.#readingDone = true;
+    }
+  }
+
+  async #readRequests(): Promise<void> {
+    const header = new Uint8Array(REQUEST_BYTES);
+    for (;;) {
+      // A full window stops reading: back-pressure goes to the kernel's queue.
+      while (this.#inflight >= this.#maxInflight && !this.#dead) await this.#nextCompletion();
+      if (this.#dead) return;
+      // EOF, even mid-header, is the peer leaving: end cleanly.
+      if (await this.#readFull(header) < REQUEST_BYTES) return;
+      const request = decodeRequest(header);
+      if (request.type === NbdCommand.disc) return;
+
+      if (
+        (request.type === NbdCommand.read || request.type === NbdCommand.write) &&
+        request.length > this.#maxRequestBytes
+      ) {
+        throw new ProtocolError(
+          `NBD ${commandName(request.type)} of ${request.length} bytes exceeds the ` +
+            `${this.#maxRequestBytes}-byte limit`,
+        );
+      }
+      const refusal = this.#refusal(request);
+
+      let buffer: Uint8Array | undefined;
+      if (request.type === NbdCommand.write) {
+        // The payload is on the wire whatever the answer: consume it to stay in step.
+        if (refusal !== NbdError.ok) {
+          if (!await this.#reader.discard(request.length, (e) => this.#readFailed(e))) return;
+        } else {
+          buffer = this.#pool.acquire(request.length);
+          const payload = buffer.subarray(SIMPLE_REPLY_BYTES, SIMPLE_REPLY_BYTES + request.length);
+          if (await this.#readFull(payload) < request.length) return;
+        }
+      }
+      this.#admit(request, refusal, buffer);
+    }
+  }
+
+  /** The error to refuse `request` with without calling the backend, or 0. */
+  #refusal(request: NbdRequest): number {
+    switch (request.type) {
+      case NbdCommand.read:
+        return this.#inRange(request) ? NbdError.ok : NbdError.EINVAL;
+      case NbdCommand.write:
+      case NbdCommand.writeZeroes:
+        // EPERM before EINVAL: a read-only export refuses every write.
+        if (this.#backend.readOnly) return NbdError.EPERM;
+        return this.#inRange(request) ? NbdError.ok : NbdError.EINVAL;
+      case NbdCommand.flush:
+        return NbdError.ok;
+      default:
+        // TRIM is not advertised, so receiving it (or any unknown command) is a client error.
+        return NbdError.EINVAL;
+    }
+  }
+
+  #inRange(request: NbdRequest): boolean {
+    return request.offset + BigInt(request.length) <= this.#exportSize;
+  }
+
+  /** Start serving an admitted request; it holds a window slot until its reply is written. */
+  #admit(request: NbdRequest, refusal: number, buffer: Uint8Array | undefined): void {
+    this.#inflight++;
+    if (refusal === NbdError.ok && request.type === NbdCommand.read) {
+      buffer = this.#pool.acquire(request.length);
+    }
+    const work = refusal !== NbdError.ok
+      ? Promise.resolve(refusal)
+      : this.#perform(request, buffer);
+    if (request.type === NbdCommand.write || request.type === NbdCommand.writeZeroes) {
+      this.#pendingWrites.add(work);
+      const forget = () => this.#pendingWrites.delete(work);
+      work.then(forget, forget);
+    }
+    void this.#reply(request, work, buffer).finally(() => {
+      this.#inflight--;
+      const waiters = this.#waiters;
+      this.#waiters = [];
+      for (const wake of waiters) wake();
+    });
+  }
+
+  /**
+   * Do what `request` asks. Called synchronously at admission, so a FLUSH
+   * sees exactly the writes admitted before it. Resolves with the NBD error
+   * to reply (0 for success); rejects with what the backend threw.
+   */
+  #perform(request: NbdRequest, buffer: Uint8Array | undefined): Promise<number> {
+    const offset = Number(request.offset);
+    const fua = (request.flags & CommandFlag.fua) !== 0;
+    switch (request.type) {
+      case NbdCommand.read:
+        return this.#readAt(offset, buffer!, request.length);
+      case NbdCommand.write:
+        return this.#writeAt(
+          offset,
+          buffer!.subarray(
+            SIMPLE_REPLY_BYTES,
+            SIMPLE_REPLY_BYTES + request.length,
+          ),
+          fua,
+        );
+      case NbdCommand.writeZeroes:
+        return this.#writeZeroesAt(offset, request.length, fua);
+      case NbdCommand.flush:
+        return this.#flushAfter([...this.#pendingWrites]);
+      default:
+        return Promise.resolve(NbdError.EINVAL);
+    }
+  }
+
+  /** Bytes of `[offset, offset + length)` that exist in the image. */
+  #inImage(offset: number, length: number): number {
+    return Math.max(0, Math.min(length, this.#imageSize - offset));
+  }
+
+  async #readAt(offset: number, buffer: Uint8Array, length: number): Promise<number> {
+    const dest = buffer.subarray(SIMPLE_REPLY_BYTES, SIMPLE_REPLY_BYTES + length);
+    const present = this.#inImage(offset, length);
+    if (present > 0) await this.#backend.read(offset, dest.subarray(0, present));
+    // Pooled buffers hold old data: the part past the image must be zeroed explicitly.
+    if (present < length) dest.fill(0, present);
+    return NbdError.ok;
+  }
+
+  async #writeAt(offset: number, data: Uint8Array, fua: boolean): Promise<number> {
+    const present = this.#inImage(offset, data.length);
+    if (present < data.length && !isAllZero(data.subarray(present))) return NbdError.ENOSPC;
+    if (present > 0) await this.#backend.write(offset, data.subarray(0, present));
+    if (fua) await this.#backend.flush();
+    return NbdError.ok;
+  }
+
+  async #writeZeroesAt(offset: number, length: number, fua: boolean): Promise<number> {
+    const present = this.#inImage(offset, length);
+    // One zero buffer for the engine's lifetime; the backend only reads from it.
+    const zeros = this.#zeros ??= new Uint8Array(ZERO_CHUNK_BYTES);
+    for (let done = 0; done < present;) {
+      const chunk = Math.min(zeros.length, present - done);
+      await this.#backend.write(offset + done, zeros.subarray(0, chunk));
+      done += chunk;
+    }
+    if (fua) await this.#backend.flush();
+    return NbdError.ok;
+  }
+
+  /**
+   * A FLUSH must cover every write acknowledged before it arrived. Waiting
+   * for every write in flight at arrival (a superset of those) and then
+   * flushing the backend is the simplest rule that is always right.
+   */
+  async #flushAfter(earlierWrites: Promise<unknown>[]): Promise<number> {
+    if (this.#backend.readOnly) return NbdError.ok; // nothing was ever written
+    await Promise.allSettled(earlierWrites);
+    await this.#backend.flush();
+    return NbdError.ok;
+  }
+
+  /** Wait for `work`, then write the reply; never rejects. */
+  async #reply(
+    request: NbdRequest,
+    work: Promise<number>,
+    buffer: Uint8Array | undefined,
+  ): Promise<void> {
+    let error: number;
+    let bufferReusable = true;
+    try {
+      error = await work;
+    } catch (err) {
+      error = nbdErrorFor(err);
+      // A backend that gave up on a request (a timeout, say) may still write
+      // into its buffer later: never hand that buffer to another request.
+      bufferReusable = false;
+      try {
+        this.#onRequestError?.(err, request);
+      } catch {
+        // A logging hook must not be able to take the connection down.
+      }
+    }
+    // The header goes in the room the request buffer keeps before its data (the
+    // backend only ever sees the data part), so a READ reply is one write.
+    const out = buffer ?? new Uint8Array(SIMPLE_REPLY_BYTES);
+    encodeSimpleReply(error, request.cookie, out);
+    const withData = error === NbdError.ok && request.type === NbdCommand.read;
+    await this.#send(out.subarray(0, SIMPLE_REPLY_BYTES + (withData ? request.length : 0)));
+    // Only once the reply is written: the stream may read from the buffer until then.
+    if (buffer && bufferReusable) this.#pool.release(buffer);
+  }
+
+  /** Queue `bytes` behind every reply before it; resolves when written (or dropped). */
+  #send(bytes: Uint8Array): Promise<void> {
+    const written = this.#writeTail.then(() => this.#writeAll(bytes));
+    this.#writeTail = written;
+    return written;
+  }
+
+  async #writeAll(bytes: Uint8Array): Promise<void> {
+    if (this.#dead) return;
+    try {
+      for (let done = 0; done < bytes.length;) {
+        const n = await this.#stream.write(bytes.subarray(done));
+        if (n <= 0) throw new ConnectionError("NBD socket write made no progress");
+        done += n;
+      }
+    } catch (err) {
+      if (this.#dead) return;
+      // After EOF/DISC the peer may be gone already; its replies are moot.
+      if (!this.#readingDone) {
+        this.#failure ??= err instanceof ConnectionError
+          ? err
+          : new ConnectionError("NBD socket write failed", { cause: err });
+      }
+      this.#kill();
+    }
+  }
+
+  /** Fill `dest` from the stream; fewer bytes means EOF (or the stream was closed under us). */
+  #readFull(dest: Uint8Array): Promise<number> {
+    return this.#reader.readFull(dest, (err) => this.#readFailed(err));
+  }
+
+  /** A stream read threw: after stop() or a fatal error that is the close we did; else fatal. */
+  #readFailed(err: unknown): void {
+    if (this.#dead) return;
+    throw new ConnectionError("NBD socket read failed", { cause: err });
+  }
+
+  #nextCompletion(): Promise<void> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** Mark the stream unusable and close it (aborting a pending read). */
+  #kill(): void {
+    this.#dead = true;
+    this.#close();
+  }
+
+  #close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#stream.close();
+    } catch {
+      // Already closed by the peer side or the runtime: nothing left to release.
+    }
+  }
+}
+
+/** True when every byte of `bytes` is zero. */
+function isAllZero(bytes: Uint8Array): boolean {
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * Buffered reads from a stream, so that a 28-byte header does not cost a
+ * read call of its own; a payload larger than the buffer is read straight
+ * into its destination.
+ */
+class StreamReader {
+  readonly #stream: ByteStream;
+  readonly #buffer: Uint8Array;
+  #start = 0;
+  #end = 0;
+
+  constructor(stream: ByteStream, capacity: number) {
+    this.#stream = stream;
+    this.#buffer = new Uint8Array(capacity);
+  }
+
+  /**
+   * Fill `dest`; resolves with the bytes filled, fewer than `dest.length`
+   * only at EOF. A failing read is passed to `onError`, which either throws
+   * or accepts it as EOF.
+   */
+  async readFull(dest: Uint8Array, onError: (err: unknown) => void): Promise<number> {
+    let filled = this.#take(dest, 0);
+    while (filled < dest.length) {
+      const wanted = dest.length - filled;
+      const direct = wanted >= this.#buffer.length;
+      let n: number | null;
+      try {
+        n = await this.#stream.read(direct ? dest.subarray(filled) : this.#buffer);
+      } catch (err) {
+        onError(err);
+        return filled;
+      }
+      if (n === null) return filled;
+      if (direct) {
+        filled += n;
+      } else {
+        this.#start = 0;
+        this.#end = n;
+        filled = this.#take(dest, filled);
+      }
+    }
+    return filled;
+  }
+
+  /** Skip `length` bytes; false at EOF. */
+  async discard(length: number, onError: (err: unknown) => void): Promise<boolean> {
+    let left = length;
+    while (left > 0) {
+      const buffered = this.#end - this.#start;
+      if (buffered > 0) {
+        const n = Math.min(buffered, left);
+        this.#start += n;
+        left -= n;
+        continue;
+      }
+      let n: number | null;
+      try {
+        n = await this.#stream.read(this.#buffer);
+      } catch (err) {
+        onError(err);
+        return false;
+      }
+      if (n === null) return false;
+      this.#start = 0;
+      this.#end = n;
+    }
+    return true;
+  }
+
+  /** Copy buffered bytes into `dest` from `filled` on; returns the new fill count. */
+  #take(dest: Uint8Array, filled: number): number {
+    const n = Math.min(this.#end - this.#start, dest.length - filled);
+    if (n <= 0) return filled;
+    dest.set(this.#buffer.subarray(this.#start, this.#start + n), filled);
+    this.#start += n;
+    return filled + n;
+  }
+}
+
+/** Buffers above this are allocated per request and left to the GC. */
+const MAX_POOLED_DATA_BYTES = 4 * 1024 * 1024;
+/** Smallest size class: tiny requests share one class. */
+const MIN_POOLED_DATA_BYTES = 4096;
+/** Bytes the pool may keep idle across all classes. */
+const MAX_IDLE_POOL_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Request buffers: a reply header's room followed by the data (READ result or
+ * WRITE payload), so a READ reply is one contiguous write. Sizes are rounded
+ * up to powers of two so buffers recycle across similar requests; at most
+ * `maxPerClass` idle buffers are kept per size.
+ */
+class BufferPool {
+  readonly #free = new Map<number, Uint8Array[]>();
+  readonly #maxPerClass: number;
+  #idleBytes = 0;
+
+  constructor(maxPerClass: number) {
+    this.#maxPerClass = maxPerClass;
+  }
+
+  /** A buffer with room for the reply header and `dataBytes` of data after it. */
+  acquire(dataBytes: number): Uint8Array {
+    const size = sizeClass(dataBytes);
+    if (size === undefined) return new Uint8Array(SIMPLE_REPLY_BYTES + dataBytes);
+    const buffer = this.#free.get(size)?.pop();
+    if (buffer) {
+      this.#idleBytes -= buffer.length;
+      return buffer;
+    }
+    return new Uint8Array(SIMPLE_REPLY_BYTES + size);
+  }
+
+  release(buffer: Uint8Array): void {
+    const size = buffer.length - SIMPLE_REPLY_BYTES;
+    if (sizeClass(size) !== size) return;
+    if (this.#idleBytes + buffer.length > MAX_IDLE_POOL_BYTES) return;
+    let list = this.#free.get(size);
+    if (!list) this.#free.set(size, list = []);
+    if (list.length >= this.#maxPerClass) return;
+    list.push(buffer);
+    this.#idleBytes += buffer.length;
+  }
+}
+
+/** The pooled data size for a request of `dataBytes`, or undefined when not pooled. */
+function sizeClass(dataBytes: number): number | undefined {
+  if (dataBytes > MAX_POOLED_DATA_BYTES) return undefined;
+  let size = MIN_POOLED_DATA_BYTES;
+  while (size < dataBytes) size *= 2;
+  return size;
+}
