@@ -7,6 +7,7 @@
 
 import denoJson from "../../deno.json" with { type: "json" };
 import { describeError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
+import { attach, detach, list } from "./attach.ts";
 import { cat } from "./cat.ts";
 import { info } from "./info.ts";
 
@@ -20,6 +21,9 @@ A network block device whose transport is 9P2000.L.
 Commands:
   info SPEC             show an image's size and the server's parameters
   cat SPEC              write an image (or part of it) to standard output
+  attach SPEC DEVICE    make /dev/nbdN (or "auto") a block device backed by the image
+  detach DEVICE         flush, disconnect and stop the device's daemon
+  list                  show attached devices
 
 Run "9nbd COMMAND --help" for a command's options.
 Options: --version, --help.
@@ -31,7 +35,7 @@ Exit codes:
 
 type Command = (args: string[], out: (line: string) => void) => Promise<number>;
 
-const commands: Record<string, Command> = { info, cat };
+const commands: Record<string, Command> = { info, cat, attach, detach, list };
 
 /** Run the CLI with `args`; returns the exit code. */
 export async function main(args: string[]): Promise<number> {
