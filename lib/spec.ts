@@ -78,8 +78,14 @@ export function parseSpec(text: string): Spec {
     address = { kind: "tcp", host, port };
     rest = after;
   } else {
+    const server = text.includes(":/") ? text.slice(0, text.indexOf(":/")) : text;
+    if (/^[0-9A-Fa-f:]+$/.test(server) && (server.match(/:/g) ?? []).length >= 2) {
+      throw specError(text, "write IPv6 addresses in brackets, as in [::1]:/PATH");
+    }
     const first = text.indexOf(":");
-    if (first < 0) throw specError(text, "no server given");
+    if (first < 0) {
+      throw specError(text, text ? "missing :/PATH after the server" : "empty SPEC");
+    }
     const host = text.slice(0, first);
     if (!hostPattern.test(host)) {
       throw specError(

@@ -113,7 +113,7 @@ export function parseSize(option: string, text: string): number {
 /** A number of seconds (fractions allowed) within [min, max]. */
 export function parseSeconds(option: string, text: string, min: number, max = 86_400): number {
   const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value) || value < min || value > max) {
+  if (!/^[0-9]+(\.[0-9]+)?$/.test(text.trim()) || value < min || value > max) {
     throw new UsageError(`--${option}: "${text}" is not a number of seconds from ${min} to ${max}`);
   }
   return value;

@@ -96,12 +96,25 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** The pid the kernel says serves `device` (`/sys/block/nbdN/pid`), or undefined. */
+/**
+ * The process the kernel says serves `device`, or undefined. sysfs names the
+ * task that called NBD_DO_IT, which for us is a worker thread, so the thread
+ * id is mapped to its process (thread group) id.
+ */
 export function kernelPid(device: string, sysBlock = "/sys/block"): number | undefined {
+  let task: number;
   try {
     const text = Deno.readTextFileSync(`${sysBlock}/${deviceName(device)}/pid`).trim();
-    return text ? Number(text) : undefined;
+    if (!text) return undefined;
+    task = Number(text);
   } catch {
     return undefined;
+  }
+  try {
+    const status = Deno.readTextFileSync(`/proc/${task}/status`);
+    const tgid = /^Tgid:\s*(\d+)/m.exec(status)?.[1];
+    return tgid ? Number(tgid) : task;
+  } catch {
+    return task;
   }
 }

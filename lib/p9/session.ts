@@ -455,6 +455,12 @@ export class Session {
       );
     }
     if (entry.flushed) return; // Late reply to an abandoned request; the tag waits for Rflush.
+    if (msg.type === MsgType.Rread && entry.sink && msg.data.length > entry.sink.length) {
+      // Thrown while the entry is still pending, so the session's death fails it.
+      throw new ProtocolError(
+        `Rread of ${msg.data.length} bytes for a Tread of ${entry.sink.length}`,
+      );
+    }
     this.#pending.delete(tag);
     this.#freeTag(tag);
     if (isError) {
@@ -463,13 +469,9 @@ export class Session {
     }
     if (msg.type === MsgType.Rread) {
       const data = msg.data;
-      const sink = entry.sink;
-      if (sink) {
-        if (data.length > sink.length) {
-          throw new ProtocolError(`Rread of ${data.length} bytes for a Tread of ${sink.length}`);
-        }
-        sink.set(data);
-        msg.data = sink.subarray(0, data.length);
+      if (entry.sink) {
+        entry.sink.set(data);
+        msg.data = entry.sink.subarray(0, data.length);
       } else {
         msg.data = data.slice();
       }
