@@ -12,7 +12,7 @@
 import { spawn } from "node:child_process";
 import { openSync } from "node:fs";
 import { describeError, ErrnoError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
-import { Image } from "../image.ts";
+import { ResilientImage, type ResilientOptions } from "../failover.ts";
 import { findFreeDevice, linuxKernelNbd, listNbdDevices } from "../kernel/nbd_device.ts";
 import { errnoNumber } from "../p9/errno.ts";
 import { runDaemon } from "../device/daemon.ts";
@@ -41,15 +41,27 @@ import {
   serverOptions,
 } from "./options.ts";
 
-export const attachHelp = `Usage: 9nbd attach [options] SPEC DEVICE
+export const attachHelp = `Usage: 9nbd attach [options] SPEC [SPEC...] DEVICE
 
 Make DEVICE (/dev/nbdN, or "auto" for the first free one) a block device
 backed by the image SPEC names. Read-only unless --rw. Exits 0 once the
 device is usable, leaving a daemon serving it; its log is
 ${runDir()}/nbdN.log. Needs root.
 
+Several SPECs name replicas of one image on different servers, in order of
+preference: when the serving one fails, the next one that holds the same
+image (same size, same sampled-block fingerprint) takes over, and the block
+layer sees no error. A lost server is reconnected with backoff, forever
+unless --give-up-after is given. Writable attachments take one SPEC.
+
 Options:
   --rw                allow writes (FLUSH and FUA reach the server as Tfsync)
+  --give-up-after SECONDS
+                      fail I/O with EIO after this long without a server
+                      (default: never, like an NFS hard mount)
+  --failback          return to a preferred replica when it answers again
+  --sha256 HEX        the image's full SHA-256: every replica is checked
+                      before it serves (reads the whole image once per replica)
   --foreground        serve in this process until detached (systemd, debugging)
   --block-size BYTES  logical block size: 512, 1024, 2048 or 4096 (default 512);
                       the device size is the image size rounded down to it
@@ -139,6 +151,9 @@ export async function attach(args: string[], out: (line: string) => void): Promi
     ...serverOptions,
     rw: { type: "boolean" },
     foreground: { type: "boolean" },
+    "give-up-after": { type: "string" },
+    failback: { type: "boolean" },
+    sha256: { type: "string" },
     "block-size": { type: "string" },
     "max-inflight": { type: "string" },
   });
@@ -146,10 +161,28 @@ export async function attach(args: string[], out: (line: string) => void): Promi
     out(attachHelp);
     return 0;
   }
-  const [specText, deviceText] = positionals(rest, ["SPEC", "DEVICE"]);
-  const spec = parseSpec(specText);
-  const options = openOptions(values);
+  if (rest.length < 2) throw new UsageError(`missing ${rest.length === 0 ? "SPEC" : "DEVICE"}`);
+  const deviceText = rest[rest.length - 1];
+  const specTexts = rest.slice(0, -1);
+  const specs = specTexts.map(parseSpec);
+  const specText = specTexts.join(" ");
+  const options: ResilientOptions = openOptions(values);
   options.writable = values.rw ?? false;
+  if (options.writable && specs.length > 1) {
+    throw new UsageError(
+      "--rw takes exactly one SPEC: writable replicas would split (no split brain)",
+    );
+  }
+  if (values["give-up-after"] !== undefined) {
+    options.giveUpAfterMs = parseSeconds("give-up-after", values["give-up-after"], 1) * 1000;
+  }
+  options.failback = values.failback ?? false;
+  if (values.sha256 !== undefined) {
+    if (!/^[0-9a-fA-F]{64}$/.test(values.sha256)) {
+      throw new UsageError("--sha256 takes 64 hexadecimal digits");
+    }
+    options.sha256 = values.sha256.toLowerCase();
+  }
   const blockSizeBytes = values["block-size"]
     ? parseInteger("block-size", values["block-size"], 512, 4096)
     : 512;
@@ -168,7 +201,12 @@ export async function attach(args: string[], out: (line: string) => void): Promi
   const kernel = linuxKernelNbd;
 
   if (!values.foreground) {
-    const childArgs = [...args.filter((a) => a !== deviceText), "--foreground", device];
+    const childArgs = [
+      ...args.slice(0, args.lastIndexOf(deviceText)),
+      ...args.slice(args.lastIndexOf(deviceText) + 1),
+      "--foreground",
+      device,
+    ];
     return await startDaemon(device, childArgs, out);
   }
 
@@ -181,7 +219,7 @@ export async function attach(args: string[], out: (line: string) => void): Promi
     }
   };
   let reported = false;
-  const image = await Image.open(spec, options).catch((err) => {
+  const image = await ResilientImage.open(specs, options).catch((err) => {
     report(`error ${exitCodeFor(err)} ${describeError(err)}`);
     reported = true;
     throw err;
@@ -368,7 +406,18 @@ export async function list(args: string[], out: (line: string) => void): Promise
     out("no devices attached");
     return ExitCode.ok;
   }
-  const table = [["DEVICE", "SPEC", "SERVER", "MODE", "SIZE", "PID", "UPTIME", "STATUS"]];
+  const table = [[
+    "DEVICE",
+    "SPEC",
+    "SERVER",
+    "MODE",
+    "SIZE",
+    "PID",
+    "UPTIME",
+    "RECONNECTS",
+    "FAILOVERS",
+    "STATUS",
+  ]];
   for (const row of rows) {
     table.push([
       row.device,
@@ -378,10 +427,16 @@ export async function list(args: string[], out: (line: string) => void): Promise
       humanBytes(row.sizeBytes),
       String(row.pid),
       formatUptime(row.uptimeSeconds),
+      String(row.reconnects),
+      String(row.failovers),
       row.status,
     ]);
   }
   const widths = table[0].map((_, i) => Math.max(...table.map((r) => r[i].length)));
-  for (const row of table) out(row.map((cell, i) => cell.padEnd(widths[i])).join("  ").trimEnd());
+  table.forEach((row, i) => {
+    out(row.map((cell, j) => cell.padEnd(widths[j])).join("  ").trimEnd());
+    const lastError = i > 0 ? rows[i - 1].lastError : null;
+    if (lastError) out(`  last error: ${lastError}`);
+  });
   return ExitCode.ok;
 }

@@ -23,11 +23,21 @@ import { deviceName, logPath, removeState, socketPath, writeState } from "./stat
 
 const log = logger("daemon");
 
+/** A backend the daemon can serve and report on. */
+export interface ServedBackend extends BlockBackend {
+  /** The server now serving. */
+  readonly server: string;
+  readonly reconnects: number;
+  readonly failovers: number;
+  readonly lastError: string | null;
+  close(): Promise<void>;
+}
+
 /** What the daemon serves and how. */
 export interface DaemonOptions {
   device: string;
   specText: string;
-  backend: BlockBackend & { server?: string; close(): Promise<void> };
+  backend: ServedBackend;
   kernel: KernelNbd;
   blockSizeBytes: number;
   maxInflight?: number;
@@ -56,6 +66,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   let doIt: Promise<number> | undefined;
   let engine: NbdEngine | undefined;
   let stopping = false;
+  let stateTimer: ReturnType<typeof setInterval> | undefined;
   const stop = async (why: string) => {
     if (stopping || deviceFd < 0) return;
     stopping = true;
@@ -108,19 +119,29 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
         throw new Error(`NBD_DO_IT returned ${rc} before the device was usable`);
       }),
     ]);
-    await writeState({
+    const startedAt = new Date().toISOString();
+    const state = () => ({
       device,
       spec: options.specText,
-      server: backend.server ?? "",
+      server: backend.server,
       readOnly: backend.readOnly,
       sizeBytes: deviceBytes,
       pid: Deno.pid,
-      startedAt: new Date().toISOString(),
-      reconnects: 0,
-      failovers: 0,
-      lastError: null,
+      startedAt,
+      reconnects: backend.reconnects,
+      failovers: backend.failovers,
+      lastError: backend.lastError,
       log: logPath(device),
     });
+    let written = JSON.stringify(state());
+    await writeState(state());
+    // `list` reads the state file; keep it current without a write per request.
+    stateTimer = setInterval(() => {
+      const now = JSON.stringify(state());
+      if (now === written || stopping) return;
+      written = now;
+      writeState(state()).catch((err) => log.warn(`state file: ${describeError(err)}`));
+    }, 500);
     log.info(
       `${device} attached: ${options.specText}, ${deviceBytes} bytes, ${
         backend.readOnly ? "read-only" : "read-write"
@@ -139,6 +160,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     }
     throw err;
   } finally {
+    clearInterval(stateTimer);
     Deno.removeSignalListener("SIGTERM", onSignal);
     Deno.removeSignalListener("SIGINT", onSignal);
     try {

@@ -1,0 +1,106 @@
+/**
+ * Shared pieces of real-kernel tests: a shell prelude for guest scripts
+ * (a `check` that turns a command into a `@@TEST` line, `9nbd` running this
+ * checkout, a diod starter) and a runner that boots the VM and reports each
+ * guest check as its own test step.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { skipTier } from "../support/tier.ts";
+import { runInVm, vmUnavailable } from "./vm.ts";
+
+/** The checkout, as the guest sees it (the host root is shared read-only). */
+export const repoDir = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+
+/** Shell functions every guest script starts with. */
+export const guestPrelude = String.raw`
+set -u
+REPO=${shellQuote(repoDir)}
+export NBD9_RUN_DIR=/run/9nbd
+# Commands as scripts on PATH (not shell functions), so that "sh -c" sees them too.
+mkdir -p /tmp/bin
+export PATH=/tmp/bin:$PATH
+printf '#!/bin/sh\nexec deno run -A --quiet "%s/main.ts" "$@"\n' "$REPO" > /tmp/bin/9nbd
+# expect_exit CODE PATTERN CMD...: CMD must exit with CODE and print one line matching
+# PATTERN (grep -E) on stderr.
+cat > /tmp/bin/expect_exit <<'EOF'
+#!/bin/sh
+want=$1; pattern=$2; shift 2
+err=$("$@" 2>&1 >/dev/null); got=$?
+if [ "$got" != "$want" ]; then echo "exit $got, wanted $want: $err"; exit 1; fi
+if ! printf '%s' "$err" | grep -Eq "$pattern"; then echo "stderr does not match /$pattern/: $err"; exit 1; fi
+if [ "$(printf '%s\n' "$err" | wc -l)" != 1 ]; then echo "not one line: $err"; exit 1; fi
+EOF
+# wait_port PORT: wait until something listens on 127.0.0.1:PORT.
+cat > /tmp/bin/wait_port <<'EOF'
+#!/bin/sh
+hex=$(printf '%04X' "$1")
+for _ in $(seq 100); do
+  grep -q ":$hex 00000000:0000 0A" /proc/net/tcp && exit 0
+  sleep 0.1
+done
+echo "nothing listens on port $1"; exit 1
+EOF
+chmod +x /tmp/bin/*
+# check NAME CMD...: run CMD; report ok, or fail with its output folded onto one line.
+check() {
+  name=$1; shift
+  if out=$("$@" 2>&1); then
+    echo "@@TEST ok $name"
+  else
+    rc=$?
+    echo "@@TEST fail $name: exit $rc: $(printf '%s' "$out" | tr '\n' ' ' | cut -c1-600)"
+  fi
+}
+# start_diod PORT DIR: a diod on 127.0.0.1:PORT exporting DIR, its pid in DIOD_PID.
+start_diod() {
+  diod -f -n -N -S -U root -l 127.0.0.1:$1 -e "$2" > /tmp/diod-$1.log 2>&1 &
+  DIOD_PID=$!
+  wait_port $1 || { cat /tmp/diod-$1.log; return 1; }
+}
+modprobe nbd nbds_max=8
+modprobe ext4
+modprobe loop
+`;
+
+function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Boot the VM, run `script` after the prelude, and make each expected guest
+ * check a test step. A missing VM skips loudly (fails in CI).
+ */
+export async function runGuestTests(
+  t: Deno.TestContext,
+  tier: string,
+  script: string,
+  expected: string[],
+  timeoutMs = 600_000,
+): Promise<void> {
+  const reason = await vmUnavailable();
+  if (reason) {
+    skipTier(tier, reason);
+    return;
+  }
+  const started = performance.now();
+  const run = await runInVm(guestPrelude + script, { timeoutMs });
+  console.log(
+    `${tier}: boot ${(run.bootMs / 1000).toFixed(1)} s, VM ${(run.totalMs / 1000).toFixed(1)} s, ` +
+      `test ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
+  const tail = `\n--- VM log (tail) ---\n${run.log.slice(-8000)}`;
+  for (const name of expected) {
+    await t.step(name, () => {
+      const result = run.results.find((r) => r.name === name);
+      assert.ok(result, `the guest never reported "${name}"${tail}`);
+      assert.ok(result.ok, `${result.detail}${tail}`);
+    });
+  }
+  const unexpected = run.results.filter((r) => !expected.includes(r.name));
+  assert.deepEqual(unexpected.map((r) => r.name), [], `unexpected guest results${tail}`);
+  assert.equal(run.timedOut, false, `the VM timed out${tail}`);
+  assert.equal(run.exitCode, 0, `guest script exit code${tail}`);
+}
