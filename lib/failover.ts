@@ -309,8 +309,8 @@ export class ResilientImage implements BlockBackend {
   async #usable(deadline: number): Promise<Image> {
     if (this.#closed) throw new ConnectionError("attachment closed");
     const current = this.#current;
-    if (current && !current.session.closed) return current;
-    if (current) this.#lost(current, await current.session.dead);
+    if (current && !current.closed) return current;
+    if (current) this.#lost(current, await current.dead);
     const reconnecting = this.#reconnecting;
     if (!reconnecting) throw new ConnectionError("attachment closed");
     if (deadline === Infinity) return await reconnecting;
@@ -334,7 +334,7 @@ export class ResilientImage implements BlockBackend {
   #lost(image: Image, err: unknown): void {
     if (this.#current !== image) return; // Already replaced.
     this.#current = undefined;
-    image.session.close("server failed");
+    for (const session of image.sessions) session.close("server failed");
     const text = describeError(err);
     this.lastError = `${new Date().toISOString()} ${
       text.startsWith("server ") ? text : `server ${image.server}: ${text}`
@@ -443,7 +443,7 @@ export class ResilientImage implements BlockBackend {
       this.#options.onChange?.();
       // Let requests already sent to the old server finish there.
       const drain = setInterval(() => {
-        if (old.session.inflight === 0 || old.session.closed) {
+        if (old.inflight === 0 || old.closed) {
           clearInterval(drain);
           void old.close();
         }

@@ -1,13 +1,14 @@
 /**
  * An image file on a 9P server, opened for block I/O: size, read and write
  * of any length (split into msize-sized requests sent in parallel, short
- * replies continued), fsync, close. One session; failover lives above.
+ * replies continued), fsync, close. Over one or several sessions
+ * (`connections`) to the same server; failover lives above.
  *
  * @module
  */
 
 import type { BlockBackend } from "./backend.ts";
-import { inServer, P9Error, ProtocolError } from "./errors.ts";
+import { ConnectionError, inServer, P9Error, ProtocolError } from "./errors.ts";
 import { Session } from "./p9/session.ts";
 import { dial, formatAddress } from "./p9/transport.ts";
 import { GetattrMask, OpenFlags, type Qid } from "./p9/wire.ts";
@@ -23,8 +24,10 @@ export interface OpenOptions {
   msize?: number;
   /** Per-request and connect timeout. Default 10 s. */
   timeoutMs?: number;
-  /** Most requests in flight on the session. */
+  /** Most requests in flight on each session. */
   maxInflight?: number;
+  /** 9P connections (sessions) to the server; requests go to the least busy. Default 1. */
+  connections?: number;
   /** Open read-write instead of read-only. */
   writable?: boolean;
 }
@@ -32,18 +35,107 @@ export interface OpenOptions {
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 
+/** One session with the image open on it. */
+interface Channel {
+  session: Session;
+  fid: number;
+}
+
+/** Facts the server reported when the image was opened. */
+interface Opened {
+  sizeBytes: number;
+  qid: Qid;
+  iounit: number;
+}
+
+/** Open `spec` on a new session: attach, walk, stat, open. */
+async function openChannel(
+  spec: Spec,
+  options: OpenOptions,
+): Promise<Channel & Opened> {
+  const label = formatAddress(spec.address);
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  let session: Session | undefined;
+  try {
+    const stream = await dial(spec.address, timeoutMs);
+    session = await Session.start(stream, {
+      label,
+      msize: options.msize,
+      timeoutMs,
+      maxInflight: options.maxInflight,
+    });
+    const root = await session.attach(
+      options.uname ?? "root",
+      spec.aname,
+      options.uid ?? Deno.uid() ?? 0,
+    );
+    let fid = root.fid;
+    if (spec.walk.length > 0) {
+      const walked = await session.walk(root.fid, spec.walk);
+      await session.clunk(root.fid);
+      fid = walked.fid;
+    }
+    const where = spec.walk.length ? `${spec.aname}//${spec.walk.join("/")}` : spec.aname;
+    const attr = await session.getattr(fid, GetattrMask.BASIC);
+    if ((attr.mode & S_IFMT) === S_IFDIR) {
+      throw new P9Error(21, `open ${where}`); // EISDIR: a directory is not an image
+    }
+    if (attr.size > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new ProtocolError(`${where} claims a size of ${attr.size} bytes`);
+    }
+    const flags = options.writable ? OpenFlags.RDWR : OpenFlags.RDONLY;
+    const opened = await session.lopen(fid, flags).catch((err) => {
+      throw err instanceof P9Error ? new P9Error(err.errno, `open ${where}`) : err;
+    });
+    return { session, fid, sizeBytes: Number(attr.size), qid: opened.qid, iounit: opened.iounit };
+  } catch (err) {
+    session?.close("open failed");
+    throw inServer(label, err);
+  }
+}
+
 /** An open image. */
 export class Image implements BlockBackend {
+  readonly #channels: Channel[];
+  readonly dead: Promise<ConnectionError>;
+
   private constructor(
     readonly spec: Spec,
-    readonly session: Session,
-    readonly fid: number,
+    channels: Channel[],
     readonly sizeBytes: number,
     readonly readOnly: boolean,
     readonly qid: Qid,
     /** The iounit the server reported at open (0: none given). */
     readonly iounit: number,
-  ) {}
+  ) {
+    this.#channels = channels;
+    this.dead = Promise.race(channels.map((c) => c.session.dead));
+  }
+
+  /** The first session (they all share msize and server). */
+  get session(): Session {
+    return this.#channels[0].session;
+  }
+
+  /** The image's fid on the first session. */
+  get fid(): number {
+    return this.#channels[0].fid;
+  }
+
+  /** Every session. */
+  get sessions(): Session[] {
+    return this.#channels.map((c) => c.session);
+  }
+
+  /** True once any session died: the image must be reopened. */
+  get closed(): boolean {
+    return this.#channels.some((c) => c.session.closed);
+  }
+
+  /** Requests in flight over all sessions. */
+  get inflight(): number {
+    return this.#channels.reduce((n, c) => n + c.session.inflight, 0);
+  }
 
   /** The server, as errors and logs name it. */
   get server(): string {
@@ -58,60 +150,52 @@ export class Image implements BlockBackend {
 
   /** Connect, negotiate, attach, walk, stat and open the image named by `spec`. */
   static async open(spec: Spec, options: OpenOptions = {}): Promise<Image> {
-    const label = formatAddress(spec.address);
-    const timeoutMs = options.timeoutMs ?? 10_000;
-    let session: Session | undefined;
+    const count = Math.max(1, options.connections ?? 1);
+    const first = await openChannel(spec, options);
+    const channels: Channel[] = [first];
     try {
-      const stream = await dial(spec.address, timeoutMs);
-      session = await Session.start(stream, {
-        label,
-        msize: options.msize,
-        timeoutMs,
-        maxInflight: options.maxInflight,
-      });
-      const root = await session.attach(
-        options.uname ?? "root",
-        spec.aname,
-        options.uid ?? Deno.uid() ?? 0,
+      const rest = await Promise.allSettled(
+        Array.from({ length: count - 1 }, () => openChannel(spec, options)),
       );
-      let fid = root.fid;
-      if (spec.walk.length > 0) {
-        const walked = await session.walk(root.fid, spec.walk);
-        await session.clunk(root.fid);
-        fid = walked.fid;
+      for (const result of rest) if (result.status === "fulfilled") channels.push(result.value);
+      const failed = rest.find((r) => r.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      for (const channel of channels) {
+        if (channel.session.msize !== first.session.msize) {
+          throw inServer(
+            first.session.label,
+            new ProtocolError("sessions to one server negotiated different msizes"),
+          );
+        }
       }
-      const where = spec.walk.length ? `${spec.aname}//${spec.walk.join("/")}` : spec.aname;
-      const attr = await session.getattr(fid, GetattrMask.BASIC);
-      if ((attr.mode & S_IFMT) === S_IFDIR) {
-        throw new P9Error(21, `open ${where}`); // EISDIR: a directory is not an image
-      }
-      if (attr.size > BigInt(Number.MAX_SAFE_INTEGER)) {
-        throw new ProtocolError(`${where} claims a size of ${attr.size} bytes`);
-      }
-      const writable = options.writable ?? false;
-      const opened = await session.lopen(fid, writable ? OpenFlags.RDWR : OpenFlags.RDONLY)
-        .catch((err) => {
-          throw err instanceof P9Error ? new P9Error(err.errno, `open ${where}`) : err;
-        });
-      return new Image(
-        spec,
-        session,
-        fid,
-        Number(attr.size),
-        !writable,
-        opened.qid,
-        opened.iounit,
-      );
     } catch (err) {
-      session?.close("open failed");
-      throw inServer(label, err);
+      for (const channel of channels) channel.session.close("open failed");
+      throw err;
     }
+    return new Image(
+      spec,
+      channels,
+      first.sizeBytes,
+      !options.writable,
+      first.qid,
+      first.iounit,
+    );
+  }
+
+  /** The least busy session for the next request. */
+  #pick(): Channel {
+    let best = this.#channels[0];
+    for (const channel of this.#channels) {
+      if (channel.session.inflight < best.session.inflight) best = channel;
+    }
+    return best;
   }
 
   /** Fill `dest` with the bytes at `offset`. */
   async read(offset: number, dest: Uint8Array): Promise<void> {
     this.#checkRange(offset, dest.length);
     const chunk = this.chunkBytes;
+    if (dest.length <= chunk) return await this.#readFully(offset, dest);
     const parts: Promise<void>[] = [];
     for (let done = 0; done < dest.length; done += chunk) {
       parts.push(this.#readFully(offset + done, dest.subarray(done, done + chunk)));
@@ -122,7 +206,8 @@ export class Image implements BlockBackend {
   async #readFully(offset: number, dest: Uint8Array): Promise<void> {
     let done = 0;
     while (done < dest.length) {
-      const n = await this.session.read(this.fid, offset + done, dest.subarray(done));
+      const { session, fid } = this.#pick();
+      const n = await session.read(fid, offset + done, dest.subarray(done));
       if (n === 0) {
         throw inServer(
           this.server,
@@ -150,7 +235,8 @@ export class Image implements BlockBackend {
   async #writeFully(offset: number, data: Uint8Array): Promise<void> {
     let done = 0;
     while (done < data.length) {
-      const n = await this.session.write(this.fid, offset + done, data.subarray(done));
+      const { session, fid } = this.#pick();
+      const n = await session.write(fid, offset + done, data.subarray(done));
       if (n === 0) {
         throw inServer(this.server, new ProtocolError(`write at ${offset + done} took no bytes`));
       }
@@ -158,15 +244,17 @@ export class Image implements BlockBackend {
     }
   }
 
-  /** Make acknowledged writes durable (Tfsync). */
+  /** Make acknowledged writes durable (Tfsync on every session that wrote). */
   async flush(): Promise<void> {
-    await this.session.fsync(this.fid);
+    await Promise.all(this.#channels.map(({ session, fid }) => session.fsync(fid)));
   }
 
-  /** Clunk the image and end the session. */
+  /** Clunk the image and end the sessions. */
   async close(): Promise<void> {
-    if (!this.session.closed) await this.session.clunk(this.fid).catch(() => {});
-    this.session.close();
+    await Promise.all(this.#channels.map(async ({ session, fid }) => {
+      if (!session.closed) await session.clunk(fid).catch(() => {});
+      session.close();
+    }));
   }
 
   #checkRange(offset: number, length: number): void {

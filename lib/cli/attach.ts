@@ -65,7 +65,6 @@ Options:
   --foreground        serve in this process until detached (systemd, debugging)
   --block-size BYTES  logical block size: 512, 1024, 2048 or 4096 (default 512);
                       the device size is the image size rounded down to it
-  --max-inflight N    kernel requests served at once (default 64)
 ${serverHelp}
 ${commonHelp}`;
 
@@ -155,7 +154,6 @@ export async function attach(args: string[], out: (line: string) => void): Promi
     failback: { type: "boolean" },
     sha256: { type: "string" },
     "block-size": { type: "string" },
-    "max-inflight": { type: "string" },
   });
   if (values.help) {
     out(attachHelp);
@@ -189,9 +187,9 @@ export async function attach(args: string[], out: (line: string) => void): Promi
   if (![512, 1024, 2048, 4096].includes(blockSizeBytes)) {
     throw new UsageError(`--block-size: ${blockSizeBytes} is not 512, 1024, 2048 or 4096`);
   }
-  const maxInflight = values["max-inflight"]
-    ? parseInteger("max-inflight", values["max-inflight"], 1, 1024)
-    : undefined;
+  // One window for both sides: kernel requests served at once, and 9P
+  // requests per connection.
+  const maxInflight = options.maxInflight;
   const readyPipe = Deno.env.get("NBD9_READY_PIPE") === "1";
   await applyVerbosity(values, readyPipe);
   requireRoot(`attach ${deviceText}`);

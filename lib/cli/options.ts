@@ -28,6 +28,8 @@ export const serverOptions = {
   uid: { type: "string" },
   msize: { type: "string" },
   timeout: { type: "string" },
+  connections: { type: "string" },
+  "max-inflight": { type: "string" },
 } as const satisfies Options;
 
 /** Help text for {@link serverOptions} and the SPEC. */
@@ -42,7 +44,10 @@ Server options:
   --uname NAME      user name to attach as (default root)
   --uid N           numeric uid to attach as (default: your uid)
   --msize BYTES     largest 9P message to ask for (default 1M; the server may grant less)
-  --timeout SECONDS give up on a server that does not answer (default 10)`;
+  --timeout SECONDS give up on a server that does not answer (default 10)
+  --connections N   9P connections to the server, used in parallel (default 1)
+  --max-inflight N  9P requests in flight per connection (default 64);
+                    --max-inflight 1 --connections 1 is the old one-at-a-time design`;
 
 /** Help text for {@link commonOptions}. */
 export const commonHelp = `
@@ -134,6 +139,8 @@ export function openOptions(values: {
   uid?: string;
   msize?: string;
   timeout?: string;
+  connections?: string;
+  "max-inflight"?: string;
 }): OpenOptions {
   const options: OpenOptions = {};
   if (values.uname !== undefined) {
@@ -149,6 +156,12 @@ export function openOptions(values: {
     options.msize = msize;
   }
   options.timeoutMs = parseSeconds("timeout", values.timeout ?? "10", 1) * 1000;
+  if (values.connections !== undefined) {
+    options.connections = parseInteger("connections", values.connections, 1, 64);
+  }
+  if (values["max-inflight"] !== undefined) {
+    options.maxInflight = parseInteger("max-inflight", values["max-inflight"], 1, 1024);
+  }
   return options;
 }
 
