@@ -161,13 +161,28 @@ async function readModule(path: string): Promise<Uint8Array> {
   return await Deno.readFile(path);
 }
 
+/**
+ * Directories the guest needs that may sit under the host's /tmp, which the
+ * guest replaces with a fresh tmpfs: this checkout, Deno's binary, Deno's cache.
+ */
+function pathsUnderTmp(): string[] {
+  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+  const exe = Deno.execPath();
+  const candidates = [repo, exe.slice(0, exe.lastIndexOf("/")), Deno.env.get("DENO_DIR") ?? ""];
+  const under = candidates.filter((p) => p.startsWith("/tmp/"));
+  // Outermost first, and no path inside another kept one.
+  return [...new Set(under)].sort().filter((p, i, all) =>
+    !all.slice(0, i).some((q) => p.startsWith(q + "/"))
+  );
+}
+
 /** Quotes a string for POSIX sh. */
 export function shellQuote(value: string): string {
   return `'${value.replaceAll("'", `'\\''`)}'`;
 }
 
 /** The initramfs `/init`: mounts the host root as a writable overlay and switches to it. */
-function initScript(modules: string[]): string {
+function initScript(modules: string[], keep: string[]): string {
   return `#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev /lower /rw /newroot
 /bin/busybox --install -s /bin
@@ -195,7 +210,15 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
+# A fresh /tmp, but the checkout under test (and Deno, its cache) may live under the host's
+# /tmp (CI clones anywhere): move those onto the new /tmp at the same paths.
+for p in ${keep.map(shellQuote).join(" ")}; do
+  mkdir -p "/keep$p" && mount --bind "/newroot$p" "/keep$p" || die "keeping $p failed"
+done
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || die "tmpfs on /tmp failed"
+for p in ${keep.map(shellQuote).join(" ")}; do
+  mkdir -p "/newroot$p" && mount --move "/keep$p" "/newroot$p" || die "moving $p failed"
+done
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run || die "tmpfs on /run failed"
 mkdir -p /newroot${GUEST_RUN_DIR}
 cp /vm/env.sh /vm/guest.sh /vm/runner.sh /newroot${GUEST_RUN_DIR}/
@@ -268,7 +291,11 @@ export async function buildInitramfs(options: InitramfsOptions): Promise<Uint8Ar
     return `export ${key}=${shellQuote(value)}\n`;
   });
   entries.push(
-    { name: "init", mode: S_IFREG | 0o755, data: encoder.encode(initScript(moduleFiles)) },
+    {
+      name: "init",
+      mode: S_IFREG | 0o755,
+      data: encoder.encode(initScript(moduleFiles, pathsUnderTmp())),
+    },
     { name: "vm/runner.sh", mode: S_IFREG | 0o755, data: encoder.encode(runnerScript(kernel)) },
     { name: "vm/env.sh", mode: S_IFREG | 0o644, data: encoder.encode(envLines.join("")) },
     { name: "vm/guest.sh", mode: S_IFREG | 0o755, data: encoder.encode(script) },
