@@ -8,7 +8,7 @@
  */
 
 import type { BlockBackend } from "./backend.ts";
-import { ConnectionError, inServer, P9Error, ProtocolError } from "./errors.ts";
+import { type ConnectionError, inServer, P9Error, ProtocolError } from "./errors.ts";
 import { Session } from "./p9/session.ts";
 import { dial, formatAddress } from "./p9/transport.ts";
 import { GetattrMask, OpenFlags, type Qid } from "./p9/wire.ts";

@@ -40,15 +40,9 @@ import {
   SIMPLE_REPLY_BYTES,
   TransmissionFlag,
 } from "./wire.ts";
+import { type ByteStream, writeAll } from "../stream.ts";
 
-/** A duplex byte stream; `Deno.Conn` satisfies it. */
-export interface ByteStream {
-  /** Read into `p`; resolves with the count read, or null at end of stream. */
-  read(p: Uint8Array): Promise<number | null>;
-  /** Write some prefix of `p`; resolves with the count written (may be short). */
-  write(p: Uint8Array): Promise<number>;
-  close(): void;
-}
+export type { ByteStream };
 
 /** Requests served at once when no option says otherwise. */
 export const DEFAULT_MAX_INFLIGHT = 64;
@@ -441,11 +435,7 @@ export class NbdEngine {
   async #writeAll(bytes: Uint8Array): Promise<void> {
     if (this.#dead) return;
     try {
-      for (let done = 0; done < bytes.length;) {
-        const n = await this.#stream.write(bytes.subarray(done));
-        if (n <= 0) throw new ConnectionError("NBD socket write made no progress");
-        done += n;
-      }
+      await writeAll(this.#stream, bytes);
     } catch (err) {
       if (this.#dead) return;
       // After EOF/DISC the peer may be gone already; its replies are moot.

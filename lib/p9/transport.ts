@@ -7,7 +7,10 @@
  */
 
 import { ConnectionError, TimeoutError } from "../errors.ts";
+import type { ByteStream } from "../stream.ts";
 import { frameSize, HEADER_BYTES } from "./wire.ts";
+
+export { type ByteStream, writeAll } from "../stream.ts";
 
 /** Where a server listens. */
 export type Address =
@@ -23,13 +26,6 @@ export function formatAddress(address: Address): string {
   return address.host.includes(":")
     ? `[${address.host}]:${address.port}`
     : `${address.host}:${address.port}`;
-}
-
-/** A duplex byte stream; `Deno.Conn` is one, and so are the tests' fakes. */
-export interface ByteStream {
-  read(p: Uint8Array): Promise<number | null>;
-  write(p: Uint8Array): Promise<number>;
-  close(): void;
 }
 
 /** Connect to `address`, giving up after `timeoutMs`. */
@@ -65,15 +61,6 @@ function connectReason(cause: unknown): string {
   if (cause instanceof Deno.errors.PermissionDenied) return "permission denied";
   if (cause instanceof Error) return cause.message;
   return String(cause);
-}
-
-/** Write all of `bytes` (a stream's `write` may take only part). */
-export async function writeAll(
-  stream: { write(p: Uint8Array): Promise<number> },
-  bytes: Uint8Array,
-): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) done += await stream.write(bytes.subarray(done));
 }
 
 /**
