@@ -64,6 +64,14 @@ check "an image of an odd size attaches with its size rounded down to 512" sh -c
 check "attach auto takes the first free device" sh -c '
   out=$(9nbd attach 127.0.0.1:/tmp/export/odd.img auto) && echo "$out" | grep -q "^/dev/nbd1 attached" &&
   9nbd detach /dev/nbd1'
+check "a killed daemon fails the device cleanly, list says so, detach cleans up" sh -c '
+  9nbd attach 127.0.0.1:/tmp/export/odd.img /dev/nbd2 || exit 1
+  pid=$(grep -o "\"pid\": [0-9]*" /run/9nbd/nbd2.json | grep -o "[0-9]*$")
+  kill -9 "$pid"; sleep 0.5
+  timeout 30 dd if=/dev/nbd2 of=/dev/null bs=4096 count=1 skip=7 iflag=direct; rc=$?
+  if [ $rc = 0 ] || [ $rc = 124 ]; then echo "read after the daemon died: exit $rc"; exit 1; fi
+  9nbd list | grep -q "daemon dead" || { 9nbd list; exit 1; }
+  9nbd detach /dev/nbd2 && ! test -e /run/9nbd/nbd2.json'
 check "attach to a device in use is busy (exit 5)" \
   expect_exit 5 "busy" 9nbd attach 127.0.0.1:/tmp/export/ro.img /dev/nbd0
 check "attach to no such device is not found (exit 4)" \
