@@ -139,6 +139,19 @@ for (const kind of ["diod", "ganesha"] as const) {
           assert.deepEqual(await Deno.readFile(scratchPath), expected);
         });
 
+        await t.step("a host name and an IPv6 literal reach the server", async () => {
+          const byName = spec.replace(/^127\.0\.0\.1:/, "localhost:");
+          const named = await runCli(["info", "--json", byName]);
+          assert.equal(named.code, 0, named.stderr);
+          assert.equal(JSON.parse(named.text).sizeBytes, IMAGE_BYTES);
+          // diod listens on IPv4 only; nfs-ganesha listens on every address.
+          if (kind === "ganesha") {
+            const v6 = await runCli(["info", "--json", spec.replace(/^127\.0\.0\.1:/, "[::1]:")]);
+            assert.equal(v6.code, 0, v6.stderr);
+            assert.equal(JSON.parse(v6.text).server, `[::1]:${server!.port}`);
+          }
+        });
+
         await t.step("a wrong path is a clear not-found error with exit code 4", async () => {
           const result = await runCli(["info", server!.specFor("no-such.img")]);
           assert.equal(result.code, ExitCode.notFound, result.stderr);
