@@ -9,6 +9,7 @@ import denoJson from "../../deno.json" with { type: "json" };
 import { describeError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
 import { attach, detach, list } from "./attach.ts";
 import { cat } from "./cat.ts";
+import { exportCommand } from "./export.ts";
 import { info } from "./info.ts";
 
 /** The program's version, from deno.json. */
@@ -24,6 +25,7 @@ Commands:
   attach SPEC DEVICE    make /dev/nbdN (or "auto") a block device backed by the image
   detach DEVICE         flush, disconnect and stop the device's daemon
   list                  show attached devices
+  export PATH...        serve image files (and directories of them) over 9P2000.L
 
 Run "9nbd COMMAND --help" for a command's options.
 Options: --version, --help.
@@ -35,7 +37,14 @@ Exit codes:
 
 type Command = (args: string[], out: (line: string) => void) => Promise<number>;
 
-const commands: Record<string, Command> = { info, cat, attach, detach, list };
+const commands: Record<string, Command> = {
+  info,
+  cat,
+  attach,
+  detach,
+  list,
+  export: exportCommand,
+};
 
 /** Run the CLI with `args`; returns the exit code. */
 export async function main(args: string[]): Promise<number> {
