@@ -225,7 +225,7 @@ async function demoInVm(reason: string): Promise<void> {
   const run = await runInVm(script, { timeoutMs: 300_000 });
   // The guest's transcript, without the console's boot noise.
   for (const line of run.log.split("\n")) {
-    if (/^(demo:|  )/.test(line)) console.log(line.replace(/\r$/, ""));
+    if (/^(demo:| {2})/.test(line)) console.log(line.replace(/\r$/, ""));
   }
   if (run.exitCode !== 0) throw new Error(`the demo failed in the VM (exit ${run.exitCode})`);
 }
