@@ -10,6 +10,7 @@ import { describeError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
 import { attach, detach, list } from "./attach.ts";
 import { cat } from "./cat.ts";
 import { exportCommand } from "./export.ts";
+import { proxy } from "./proxy.ts";
 import { info } from "./info.ts";
 
 /** The program's version, from deno.json. */
@@ -26,6 +27,7 @@ Commands:
   detach DEVICE         flush, disconnect and stop the device's daemon
   list                  show attached devices
   export PATH...        serve image files (and directories of them) over 9P2000.L
+  proxy SPEC --listen A serve the image as a standard NBD export (nbd-client, qemu, fio)
 
 Run "9nbd COMMAND --help" for a command's options.
 Options: --version, --help.
@@ -44,6 +46,7 @@ const commands: Record<string, Command> = {
   detach,
   list,
   export: exportCommand,
+  proxy,
 };
 
 /** Run the CLI with `args`; returns the exit code. */

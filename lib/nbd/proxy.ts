@@ -1,0 +1,321 @@
+/**
+ * An NBD server over one {@link BlockBackend}: listens on a Unix or TCP
+ * socket, runs the fixed-newstyle handshake ({@link negotiate}, decisions in
+ * `handshake.ts`) on each connection, then hands the connection to its own
+ * {@link NbdEngine}. Every connection shares the one backend, which is why
+ * CAN_MULTI_CONN is advertised: a write acknowledged on one connection is
+ * visible to reads on every other, and a FLUSH on any covers them all.
+ *
+ * A connection that breaks the handshake (bad magic, an oversized option,
+ * unknown client flags, EOF, no progress within the handshake timeout) is
+ * dropped; the others carry on.
+ *
+ * @module
+ */
+
+import type { BlockBackend } from "../backend.ts";
+import { describeError, ProtocolError, UsageError } from "../errors.ts";
+import { logger } from "../log.ts";
+import { type ByteStream, MAX_REQUEST_BYTES, NbdEngine, transmissionFlags } from "./engine.ts";
+import {
+  answerOption,
+  CLIENT_FLAGS_BYTES,
+  ClientFlag,
+  decodeClientFlags,
+  decodeOptionHeader,
+  encodeGreeting,
+  type ExportDescription,
+  NbdOption,
+  OPTION_HEADER_BYTES,
+  optionName,
+} from "./handshake.ts";
+
+const log = logger("proxy");
+
+/** Where the proxy listens. */
+export type ListenAddress =
+  | { kind: "unix"; path: string }
+  | { kind: "tcp"; host: string; port: number };
+
+/** `unix:/run/x.sock`, `127.0.0.1:10809`, `[::1]:10809` or `:10809` (every address). */
+export function parseListenAddress(text: string): ListenAddress {
+  if (text.startsWith("unix:")) {
+    const path = text.slice("unix:".length);
+    if (!path.startsWith("/") && !path.startsWith(".")) {
+      throw new UsageError(`--listen ${text}: a Unix socket needs a path (unix:/run/9nbd.sock)`);
+    }
+    return { kind: "unix", path };
+  }
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]*)):([0-9]{1,5})$/.exec(text);
+  const port = Number(match?.[3]);
+  if (!match || port < 1 || port > 65535) {
+    throw new UsageError(
+      `--listen "${text}" is not unix:PATH, HOST:PORT or [IPV6]:PORT (port 1 to 65535)`,
+    );
+  }
+  return { kind: "tcp", host: match[1] ?? (match[2] || "0.0.0.0"), port };
+}
+
+/** `unix:PATH` or `HOST:PORT`, as logs and the CLI name the listener. */
+export function formatListenAddress(address: ListenAddress): string {
+  if (address.kind === "unix") return `unix:${address.path}`;
+  return address.host.includes(":")
+    ? `[${address.host}]:${address.port}`
+    : `${address.host}:${address.port}`;
+}
+
+/** What the handshake ended in. */
+export type HandshakeResult = "transmission" | "closed";
+
+/** Options of {@link negotiate}. */
+export interface NegotiateOptions {
+  /** Told why a connection ended during the handshake, or an option failed. */
+  onNote?: (note: string) => void;
+}
+
+/**
+ * Run the server side of the handshake on `stream`. Resolves with
+ * `"transmission"` once the client chose the export (the stream is then
+ * positioned at the first request: nothing past the handshake has been
+ * read) or `"closed"` when the client aborted or left, or asked for
+ * something that ends the session. Rejects with {@link ProtocolError} when
+ * the client broke the protocol; the caller drops the connection. Never
+ * closes the stream itself.
+ */
+export async function negotiate(
+  stream: ByteStream,
+  exported: ExportDescription,
+  options: NegotiateOptions = {},
+): Promise<HandshakeResult> {
+  await writeFully(stream, encodeGreeting());
+  const flagBytes = new Uint8Array(CLIENT_FLAGS_BYTES);
+  if (!await readExactly(stream, flagBytes)) return "closed";
+  const clientFlags = decodeClientFlags(flagBytes);
+  const fixed = (clientFlags & ClientFlag.fixedNewstyle) !== 0;
+  const header = new Uint8Array(OPTION_HEADER_BYTES);
+  for (;;) {
+    if (!await readExactly(stream, header)) return "closed";
+    const { option, length } = decodeOptionHeader(header);
+    const data = new Uint8Array(length);
+    if (!await readExactly(stream, data)) return "closed";
+    if (!fixed && option !== NbdOption.exportName) {
+      // Plain newstyle has no option replies: the only thing to do is close.
+      options.onNote?.(`${optionName(option)} from a client without fixed newstyle`);
+      return "closed";
+    }
+    const answer = answerOption(option, data, exported, clientFlags);
+    if (answer.note) options.onNote?.(answer.note);
+    for (const bytes of answer.reply) await writeFully(stream, bytes);
+    if (answer.next === "transmission") return "transmission";
+    if (answer.next === "close") return "closed";
+  }
+}
+
+/** Fill `dest`; false at EOF (even mid-way: a half message from a departing client is moot). */
+async function readExactly(stream: ByteStream, dest: Uint8Array): Promise<boolean> {
+  for (let filled = 0; filled < dest.length;) {
+    const n = await stream.read(dest.subarray(filled));
+    if (n === null) return false;
+    filled += n;
+  }
+  return true;
+}
+
+async function writeFully(stream: ByteStream, bytes: Uint8Array): Promise<void> {
+  for (let done = 0; done < bytes.length;) {
+    const n = await stream.write(bytes.subarray(done));
+    if (n <= 0) throw new ProtocolError("NBD socket write made no progress");
+    done += n;
+  }
+}
+
+/** Options of {@link NbdProxy}. */
+export interface NbdProxyOptions {
+  backend: BlockBackend;
+  listen: ListenAddress;
+  /** Export name; empty or absent: any name the client asks for (and the default) is this export. */
+  name?: string;
+  /** Text for NBD_INFO_DESCRIPTION and NBD_OPT_LIST. */
+  description?: string;
+  /** NBD requests served at once per connection (the engine's window). */
+  maxInflight?: number;
+  /** Drop a client that has not finished the handshake in this long (default 30 s). */
+  handshakeTimeoutMs?: number;
+}
+
+/** Counters of a running proxy. */
+export interface ProxyStats {
+  /** Connections accepted since start. */
+  accepted: number;
+  /** Connections now in the transmission phase. */
+  serving: number;
+  /** Connections dropped for breaking the protocol (handshake or transmission). */
+  dropped: number;
+}
+
+/**
+ * A listening NBD server. {@link NbdProxy.listen} binds the socket; the
+ * accept loop runs until {@link NbdProxy.close}.
+ */
+export class NbdProxy {
+  readonly address: ListenAddress;
+  readonly stats: ProxyStats = { accepted: 0, serving: 0, dropped: 0 };
+  readonly #listener: Deno.Listener;
+  readonly #options: NbdProxyOptions;
+  readonly #exported: ExportDescription;
+  readonly #connections = new Set<{ conn: Deno.Conn; engine?: NbdEngine }>();
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #accepting: Promise<void>;
+  #closed = false;
+
+  private constructor(listener: Deno.Listener, address: ListenAddress, options: NbdProxyOptions) {
+    this.#listener = listener;
+    this.address = address;
+    this.#options = options;
+    const backend = options.backend;
+    this.#exported = {
+      name: options.name ?? "",
+      description: options.description,
+      sizeBytes: backend.sizeBytes,
+      transmissionFlags: transmissionFlags(backend, { canMultiConn: true }),
+      blockSize: {
+        minimumBytes: 1,
+        preferredBytes: 4096,
+        maximumPayloadBytes: MAX_REQUEST_BYTES,
+      },
+    };
+    this.#accepting = this.#acceptLoop();
+  }
+
+  /** What clients are told about the export. */
+  get exported(): ExportDescription {
+    return this.#exported;
+  }
+
+  /**
+   * Bind the listening socket and start accepting. A Unix socket path left
+   * behind by a previous run is replaced; any other file there is an error.
+   * A TCP port 0 binds a free port (see {@link address}).
+   */
+  static async listen(options: NbdProxyOptions): Promise<NbdProxy> {
+    let address = options.listen;
+    let listener: Deno.Listener;
+    if (address.kind === "unix") {
+      const existing = await Deno.lstat(address.path).catch(() => undefined);
+      if (existing?.isSocket) await Deno.remove(address.path);
+      listener = Deno.listen({ transport: "unix", path: address.path });
+    } else {
+      listener = Deno.listen({ transport: "tcp", hostname: address.host, port: address.port });
+      address = { ...address, port: (listener.addr as Deno.NetAddr).port };
+    }
+    return new NbdProxy(listener, address, options);
+  }
+
+  /** Stop accepting, end every connection (requests in flight settle first), remove the socket. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+    for (const entry of this.#connections) {
+      if (entry.engine) entry.engine.stop();
+      else closeQuietly(entry.conn);
+    }
+    await this.#accepting;
+    await Promise.allSettled([...this.#tasks]);
+    if (this.address.kind === "unix") await Deno.remove(this.address.path).catch(() => {});
+  }
+
+  async #acceptLoop(): Promise<void> {
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (err) {
+        if (this.#closed) return;
+        log.error(`accept on ${formatListenAddress(this.address)}: ${describeError(err)}`);
+        // A transient failure (EMFILE): do not spin.
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      if (this.#closed) {
+        closeQuietly(conn);
+        return;
+      }
+      this.stats.accepted++;
+      if (this.address.kind === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
+      const task = this.#serveConnection(conn);
+      this.#tasks.add(task);
+      void task.finally(() => this.#tasks.delete(task));
+    }
+  }
+
+  /** Handshake, then the transmission phase; never rejects. */
+  async #serveConnection(conn: Deno.Conn): Promise<void> {
+    const peer = conn.remoteAddr.transport === "unix"
+      ? `connection ${this.stats.accepted}`
+      : `${(conn.remoteAddr as Deno.NetAddr).hostname}:${(conn.remoteAddr as Deno.NetAddr).port}`;
+    const entry: { conn: Deno.Conn; engine?: NbdEngine } = { conn };
+    this.#connections.add(entry);
+    const timeoutMs = this.#options.handshakeTimeoutMs ?? 30_000;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      closeQuietly(conn);
+    }, timeoutMs);
+    try {
+      let result: HandshakeResult;
+      try {
+        result = await negotiate(conn, this.#exported, {
+          onNote: (note) => log.debug(`${peer}: ${note}`),
+        });
+      } catch (err) {
+        if (!this.#closed) {
+          if (timedOut) log.warn(`${peer}: no handshake in ${timeoutMs / 1000} s; dropped`);
+          else {
+            this.stats.dropped++;
+            log.warn(`${peer}: handshake failed: ${describeError(err)}; dropped`);
+          }
+        }
+        closeQuietly(conn);
+        return;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (result === "closed" || this.#closed) {
+        closeQuietly(conn);
+        return;
+      }
+      log.debug(`${peer}: transmission phase`);
+      const engine = new NbdEngine(conn, this.#options.backend, {
+        maxInflight: this.#options.maxInflight,
+        onRequestError: (err, request) =>
+          log.warn(`${peer}: request ${request.type} at ${request.offset}: ${describeError(err)}`),
+      });
+      entry.engine = engine;
+      this.stats.serving++;
+      try {
+        await engine.serve();
+        log.debug(`${peer}: disconnected`);
+      } catch (err) {
+        this.stats.dropped++;
+        log.warn(`${peer}: ${describeError(err)}; dropped`);
+      } finally {
+        this.stats.serving--;
+      }
+    } finally {
+      this.#connections.delete(entry);
+    }
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}
