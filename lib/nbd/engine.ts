@@ -57,6 +57,8 @@ export const SECTOR_BYTES = 512;
 
 /** Bytes of the shared zero buffer WRITE_ZEROES writes from, chunk by chunk. */
 const ZERO_CHUNK_BYTES = 1024 * 1024;
+/** Largest batch of small replies coalesced into one socket write. */
+const SEND_BATCH_BYTES = 256 * 1024;
 /** Internal read buffer: headers and small payloads come out of it without a read call each. */
 const READ_BUFFER_BYTES = 256 * 1024;
 
@@ -160,8 +162,10 @@ export class NbdEngine {
   #waiters: Array<() => void> = [];
   /** Backend writes in progress, which a FLUSH arriving now must wait for. */
   readonly #pendingWrites = new Set<Promise<unknown>>();
-  /** Tail of the reply chain: each reply is written after the previous one. */
-  #writeTail: Promise<void> = Promise.resolve();
+  /** Replies waiting to be written, in order, and whether a writer is running. */
+  readonly #sendQueue: { bytes: Uint8Array; done: () => void }[] = [];
+  #sending = false;
+  #sendDone: Promise<void> = Promise.resolve();
   #zeros?: Uint8Array;
 
   #serving = false;
@@ -212,7 +216,7 @@ export class NbdEngine {
     // Requests in flight still hold backend calls and buffers: wait for them
     // so that when serve() settles, the backend is no longer being used.
     while (this.#inflight > 0) await this.#nextCompletion();
-    await this.#writeTail;
+    await this.#sendDone;
     this.#close();
     if (this.#failure !== undefined && !this.#stopped) throw this.#failure;
   }
@@ -427,9 +431,46 @@ export class NbdEngine {
 
   /** Queue `bytes` behind every reply before it; resolves when written (or dropped). */
   #send(bytes: Uint8Array): Promise<void> {
-    const written = this.#writeTail.then(() => this.#writeAll(bytes));
-    this.#writeTail = written;
-    return written;
+    return new Promise((resolve) => {
+      this.#sendQueue.push({ bytes, done: resolve });
+      if (!this.#sending) this.#sendDone = this.#drainSendQueue();
+    });
+  }
+
+  /**
+   * Write queued replies in order. Replies that completed while a write was
+   * in progress go out together in one write when they are small (4 KiB
+   * reads at a deep queue would otherwise cost a system call each).
+   */
+  async #drainSendQueue(): Promise<void> {
+    this.#sending = true;
+    try {
+      while (this.#sendQueue.length > 0) {
+        let count = 1;
+        let total = this.#sendQueue[0].bytes.length;
+        while (
+          count < this.#sendQueue.length && total < SEND_BATCH_BYTES &&
+          total + this.#sendQueue[count].bytes.length <= SEND_BATCH_BYTES
+        ) {
+          total += this.#sendQueue[count].bytes.length;
+          count++;
+        }
+        const batch = this.#sendQueue.splice(0, count);
+        let bytes = batch[0].bytes;
+        if (count > 1) {
+          bytes = new Uint8Array(total);
+          let at = 0;
+          for (const item of batch) {
+            bytes.set(item.bytes, at);
+            at += item.bytes.length;
+          }
+        }
+        await this.#writeAll(bytes);
+        for (const item of batch) item.done();
+      }
+    } finally {
+      this.#sending = false;
+    }
   }
 
   async #writeAll(bytes: Uint8Array): Promise<void> {
