@@ -19,17 +19,41 @@ import { type HostResults, runHostBench } from "./host.ts";
 import { describeMachine, formatIops, formatRate, haveCommand, type Machine } from "./lib.ts";
 import { runVmBench, type VmResults } from "./vm.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    runs: { type: "string" },
-    "vm-runs": { type: "string" },
-    runtime: { type: "string" },
-    quick: { type: "boolean" },
-    "host-only": { type: "boolean" },
-    "vm-only": { type: "boolean" },
-  },
-});
+const usage =
+  "usage: deno task bench [--runs N] [--vm-runs N] [--runtime SECONDS] [--quick] [--host-only | --vm-only]";
+
+function parseOptions() {
+  try {
+    return parseArgs({
+      args: Deno.args,
+      options: {
+        runs: { type: "string" },
+        "vm-runs": { type: "string" },
+        runtime: { type: "string" },
+        quick: { type: "boolean" },
+        "host-only": { type: "boolean" },
+        "vm-only": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {
+    console.error(`bench: ${(err as Error).message.split("\n")[0]}\n${usage}`);
+    Deno.exit(2);
+  }
+}
+
+const { values } = parseOptions();
+if (values.help) {
+  console.log(usage);
+  Deno.exit(0);
+}
+for (const name of ["runs", "vm-runs", "runtime"] as const) {
+  const text = values[name];
+  if (text !== undefined && !(Number(text) > 0)) {
+    console.error(`bench: --${name} takes a positive number, not "${text}"\n${usage}`);
+    Deno.exit(2);
+  }
+}
 
 const quick = values.quick ?? false;
 const hostRuns = Number(values.runs ?? (quick ? 2 : 5));
