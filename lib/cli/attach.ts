@@ -63,6 +63,8 @@ Options:
   --sha256 HEX        the image's full SHA-256: every replica is checked
                       before it serves (reads the whole image once per replica)
   --foreground        serve in this process until detached (systemd, debugging)
+  --max-request-kb N  largest kernel request, in KiB (default 1024; the
+                      kernel's own default is 128)
   --block-size BYTES  logical block size: 512, 1024, 2048 or 4096 (default 512);
                       the device size is the image size rounded down to it
 ${serverHelp}
@@ -154,6 +156,7 @@ export async function attach(args: string[], out: (line: string) => void): Promi
     failback: { type: "boolean" },
     sha256: { type: "string" },
     "block-size": { type: "string" },
+    "max-request-kb": { type: "string" },
   });
   if (values.help) {
     out(attachHelp);
@@ -190,6 +193,9 @@ export async function attach(args: string[], out: (line: string) => void): Promi
   // One window for both sides: kernel requests served at once, and 9P
   // requests per connection.
   const maxInflight = options.maxInflight;
+  const maxRequestKiB = values["max-request-kb"]
+    ? parseInteger("max-request-kb", values["max-request-kb"], 4, 32768)
+    : undefined;
   const readyPipe = Deno.env.get("NBD9_READY_PIPE") === "1";
   await applyVerbosity(values, readyPipe);
   requireRoot(`attach ${deviceText}`);
@@ -230,6 +236,9 @@ export async function attach(args: string[], out: (line: string) => void): Promi
       kernel,
       blockSizeBytes,
       maxInflight,
+      // --connections: as many kernel sockets as 9P connections.
+      kernelSockets: options.connections,
+      maxRequestKiB,
       onReady: (err) => {
         if (reported) return;
         reported = true;

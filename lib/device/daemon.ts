@@ -41,6 +41,13 @@ export interface DaemonOptions {
   kernel: KernelNbd;
   blockSizeBytes: number;
   maxInflight?: number;
+  /** Sockets between the kernel and us, served in parallel (default 1). */
+  kernelSockets?: number;
+  /**
+   * Largest kernel request (max_sectors_kb, default 1024): a large request
+   * becomes many 9P requests in parallel rather than many round trips.
+   */
+  maxRequestKiB?: number;
   /** Called once when the device is usable, or with the error that stopped it. */
   onReady(error?: unknown): void;
   /** Directory of sysfs block devices (tests point it elsewhere). */
@@ -64,7 +71,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const listener = Deno.listen({ transport: "unix", path: sockPath });
   let deviceFd = -1;
   let doIt: Promise<number> | undefined;
-  let engine: NbdEngine | undefined;
+  const engines: NbdEngine[] = [];
   let stopping = false;
   let stateTimer: ReturnType<typeof setInterval> | undefined;
   const stop = async (why: string) => {
@@ -81,35 +88,43 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
       await kernel.disconnect(deviceFd);
     } catch (err) {
       log.warn(`NBD_DISCONNECT ${device}: ${describeError(err)}`);
-      engine?.stop();
+      for (const engine of engines) engine.stop();
     }
   };
   const onSignal = () => void stop("signal");
   try {
     deviceFd = kernel.openDevice(device);
+    const sockets = Math.max(1, options.kernelSockets ?? 1);
     kernel.configure(deviceFd, {
       sizeBytes: deviceBytes,
       blockSize: options.blockSizeBytes,
-      flags: transmissionFlags(backend),
+      // Every socket is served from the one backend, so writes acknowledged on
+      // one are seen on all: several sockets are safe (CAN_MULTI_CONN).
+      flags: transmissionFlags(backend, { canMultiConn: sockets > 1 }),
       timeoutSeconds: 0,
     });
-    const accepting = listener.accept();
-    const kernelSide = kernel.connectUnixSocket(sockPath);
-    const conn = await accepting;
+    const servings: Promise<void>[] = [];
+    for (let i = 0; i < sockets; i++) {
+      const accepting = listener.accept();
+      const kernelSide = kernel.connectUnixSocket(sockPath);
+      const conn = await accepting;
+      try {
+        kernel.setSock(deviceFd, kernelSide);
+      } finally {
+        kernel.closeFd(kernelSide); // The kernel holds its own reference now.
+      }
+      const engine = new NbdEngine(conn, backend, {
+        maxInflight: options.maxInflight,
+        exportSizeBytes: deviceBytes,
+        onRequestError: (err, request) =>
+          log.warn(`request ${request.type} at ${request.offset}: ${describeError(err)}`),
+      });
+      engines.push(engine);
+      servings.push(engine.serve());
+    }
     listener.close();
     await Deno.remove(sockPath).catch(() => {});
-    try {
-      kernel.setSock(deviceFd, kernelSide);
-    } finally {
-      kernel.closeFd(kernelSide); // The kernel holds its own reference now.
-    }
-    engine = new NbdEngine(conn, backend, {
-      maxInflight: options.maxInflight,
-      exportSizeBytes: deviceBytes,
-      onRequestError: (err, request) =>
-        log.warn(`request ${request.type} at ${request.offset}: ${describeError(err)}`),
-    });
-    const serving = engine.serve();
+    const serving = Promise.all(servings);
     doIt = kernel.doIt(deviceFd);
     Deno.addSignalListener("SIGTERM", onSignal);
     Deno.addSignalListener("SIGINT", onSignal);
@@ -119,6 +134,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
         throw new Error(`NBD_DO_IT returned ${rc} before the device was usable`);
       }),
     ]);
+    await setMaxRequest(device, sysBlock, options.maxRequestKiB ?? 1024);
     const startedAt = new Date().toISOString();
     const state = () => ({
       device,
@@ -166,7 +182,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     try {
       listener.close();
     } catch { /* closed after accept */ }
-    engine?.stop();
+    for (const engine of engines) engine.stop();
     if (deviceFd >= 0) {
       try {
         kernel.clearSock(deviceFd);
@@ -179,6 +195,19 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     await backend.close().catch(() => {});
     await removeState(device);
     log.debug(`${name}: state removed`);
+  }
+}
+
+/** Raise the device's largest request size (capped by what the driver allows). */
+async function setMaxRequest(device: string, sysBlock: string, kib: number): Promise<void> {
+  const queue = `${sysBlock}/${deviceName(device)}/queue`;
+  try {
+    const hardware = Number((await Deno.readTextFile(`${queue}/max_hw_sectors_kb`)).trim());
+    const wanted = Math.min(kib, hardware || kib);
+    await Deno.writeTextFile(`${queue}/max_sectors_kb`, String(wanted));
+    log.debug(`${device}: max_sectors_kb ${wanted}`);
+  } catch (err) {
+    log.warn(`${device}: cannot set max_sectors_kb: ${describeError(err)}`);
   }
 }
 
