@@ -76,7 +76,7 @@ export class FrameReader {
   /** Largest frame accepted; raised to the negotiated msize after Tversion. */
   maxFrameBytes: number;
 
-  constructor(readonly stream: ByteStream, maxFrameBytes: number, bufferBytes = 256 * 1024) {
+  constructor(readonly stream: ByteStream, maxFrameBytes: number, bufferBytes = 1024 * 1024) {
     this.maxFrameBytes = maxFrameBytes;
     this.#buffer = new Uint8Array(Math.max(bufferBytes, HEADER_BYTES));
   }
