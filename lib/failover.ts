@@ -57,7 +57,7 @@ export interface ResilientOptions extends OpenOptions {
 const FINGERPRINT_SAMPLES = 16;
 const FINGERPRINT_BLOCK_BYTES = 4096;
 /** Above this many unflushed bytes, writes trigger a background fsync to bound memory. */
-const WRITE_LOG_MAX_BYTES = 256 * 1024 * 1024;
+const WRITE_LOG_MAX_BYTES = 64 * 1024 * 1024;
 
 /** What identifies an image regardless of the server holding it. */
 export interface Identity {
