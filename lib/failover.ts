@@ -56,6 +56,8 @@ export interface ResilientOptions extends OpenOptions {
 /** Blocks sampled for the fingerprint, and their size. */
 const FINGERPRINT_SAMPLES = 16;
 const FINGERPRINT_BLOCK_BYTES = 4096;
+/** A session lost sooner than this after it started counts as a flap (backed off). */
+const FLAP_MS = 1000;
 /** Above this many unflushed bytes, writes trigger a background fsync to bound memory. */
 const WRITE_LOG_MAX_BYTES = 64 * 1024 * 1024;
 
@@ -154,6 +156,9 @@ export class ResilientImage implements BlockBackend {
   #unflushed: LoggedWrite[] = [];
   #unflushedBytes = 0;
   #backgroundFlush: Promise<void> | undefined;
+  /** When the current session was installed, and how many sessions in a row failed soon after. */
+  #installedAtMs = performance.now();
+  #flaps = 0;
   /** Requests that met the failure and are waiting to be re-issued. */
   #reissued = 0;
 
@@ -333,6 +338,9 @@ export class ResilientImage implements BlockBackend {
   /** `image` failed with `err`: drop it and start (one) reconnect. */
   #lost(image: Image, err: unknown): void {
     if (this.#current !== image) return; // Already replaced.
+    // A server that accepts sessions but fails them at once must not be
+    // hammered in a tight loop: count quick losses and back off on them.
+    this.#flaps = performance.now() - this.#installedAtMs < FLAP_MS ? this.#flaps + 1 : 0;
     this.#current = undefined;
     for (const session of image.sessions) session.close("server failed");
     const text = describeError(err);
@@ -352,11 +360,20 @@ export class ResilientImage implements BlockBackend {
     // The next replicas in order of preference after the one that failed,
     // wrapping round to it last (it may just be rebooting).
     const order = Array.from({ length: count }, (_, i) => (failedIndex + 1 + i) % count);
+    if (this.#flaps > 0) {
+      await new Promise((r) =>
+        setTimeout(r, backoffDelayMs(this.#flaps - 1, this.#options.backoff ?? defaultBackoff))
+      );
+    }
     for (let attempt = 0;; attempt++) {
       for (const index of order) {
         if (this.#closed) throw new ConnectionError("attachment closed");
         const image = await this.#tryReplica(index);
         if (!image) continue;
+        if (this.#closed) {
+          await image.close();
+          throw new ConnectionError("attachment closed");
+        }
         this.#install(image, index);
         const seconds = ((performance.now() - startMs) / 1000).toFixed(2);
         if (index !== failedIndex) this.failovers++;
@@ -378,6 +395,7 @@ export class ResilientImage implements BlockBackend {
   }
 
   #install(image: Image, index: number): void {
+    this.#installedAtMs = performance.now();
     this.#current = image;
     this.#currentIndex = index;
     this.#reconnecting = undefined;
@@ -395,7 +413,9 @@ export class ResilientImage implements BlockBackend {
           `holds ${identity.sizeBytes} bytes, not ${this.#identity.sizeBytes}: a different image`,
         );
       }
-      if (identity.fingerprint !== this.#identity.fingerprint) {
+      // A writable image's content is ours to change (one server, no
+      // replicas), so only its size identifies it.
+      if (this.readOnly && identity.fingerprint !== this.#identity.fingerprint) {
         throw new IdentityError("content fingerprint differs: a different image");
       }
       if (!replica.verifiedFull) {
