@@ -325,7 +325,7 @@ export class ResilientImage implements BlockBackend {
         reconnecting,
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () => reject(this.#givenUp(new TimeoutError("still reconnecting"))),
+            () => reject(this.#givenUp(new TimeoutError(this.lastError ?? "still reconnecting"))),
             Math.max(0, deadline - performance.now()),
           );
         }),

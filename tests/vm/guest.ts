@@ -91,6 +91,10 @@ export async function runGuestTests(
     `${tier}: boot ${(run.bootMs / 1000).toFixed(1)} s, VM ${(run.totalMs / 1000).toFixed(1)} s, ` +
       `test ${((performance.now() - started) / 1000).toFixed(1)} s`,
   );
+  // Measurements the guest reports (`@@METRIC name value`) are worth seeing in every run.
+  for (const line of run.log.split("\n")) {
+    if (line.startsWith("@@METRIC ")) console.log(`${tier}: ${line.slice(9).trim()}`);
+  }
   const tail = `\n--- VM log (tail) ---\n${run.log.slice(-8000)}`;
   for (const name of expected) {
     await t.step(name, () => {
