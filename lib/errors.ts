@@ -98,11 +98,12 @@ const permissionCodes = new Set(["EPERM", "EACCES", "EROFS"]);
 
 /**
  * May the operation that failed with `err` be tried again, on a new session
- * or another server? Connection-level failures are; a server's considered
+ * or another server? Connection-level failures (including a peer that broke
+ * the protocol, which poisons its connection) are; a server's considered
  * answer (Rlerror), a usage error or a local syscall failure is not.
  */
 export function isRetriable(err: unknown): boolean {
-  return err instanceof ConnectionError;
+  return err instanceof ConnectionError || err instanceof ProtocolError;
 }
 
 /** Map any error to the documented exit code of the CLI. */

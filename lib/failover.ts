@@ -26,8 +26,8 @@ import { backoffDelayMs, type BackoffPolicy, defaultBackoff } from "./backoff.ts
 import {
   ConnectionError,
   describeError,
+  isRetriable,
   P9Error,
-  ProtocolError,
   TimeoutError,
   UsageError,
 } from "./errors.ts";
@@ -117,11 +117,10 @@ export async function fullSha256(image: BlockBackend): Promise<string> {
 
 /** Is `err` a sign that this server (not the request) is the problem? */
 function serverFailed(err: unknown, readOnly: boolean): boolean {
-  if (err instanceof ConnectionError || err instanceof ProtocolError) return true;
   // A read-only replica that answers reads with errors (image removed, I/O
   // error on its disk) is failing; another replica may serve. A writable
   // image's Rlerror (ENOSPC, EIO) is the answer and goes to the kernel.
-  return readOnly && err instanceof P9Error;
+  return isRetriable(err) || (readOnly && err instanceof P9Error);
 }
 
 interface Replica {

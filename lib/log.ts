@@ -6,7 +6,7 @@
  * @module
  */
 
-import { configure, getLogger, type Logger, type LogRecord, reset } from "@logtape/logtape";
+import { configure, getLogger, type Logger, type LogRecord } from "@logtape/logtape";
 
 /** How much to say. */
 export type Verbosity = "quiet" | "normal" | "verbose" | "debug";
@@ -50,11 +50,6 @@ export async function setupLogging(verbosity: Verbosity, timestamps = false): Pr
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
-}
-
-/** Undo {@link setupLogging} (tests). */
-export async function resetLogging(): Promise<void> {
-  await reset();
 }
 
 /** The logger for one part of the program, for example `logger("session")`. */
