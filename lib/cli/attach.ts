@@ -12,7 +12,7 @@
 import { spawn } from "node:child_process";
 import { openSync } from "node:fs";
 import { describeError, ErrnoError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
-import { ResilientImage, type ResilientOptions } from "../failover.ts";
+import { ResilientImage } from "../failover.ts";
 import { findFreeDevice, linuxKernelNbd, listNbdDevices } from "../kernel/nbd_device.ts";
 import { errnoNumber } from "../p9/errno.ts";
 import { runDaemon } from "../device/daemon.ts";
@@ -32,11 +32,13 @@ import {
   applyVerbosity,
   commonHelp,
   commonOptions,
-  openOptions,
   parse,
   parseInteger,
   parseSeconds,
   positionals,
+  resilienceHelp,
+  resilienceOptions,
+  resilientOptions,
   serverHelp,
   serverOptions,
 } from "./options.ts";
@@ -55,13 +57,7 @@ layer sees no error. A lost server is reconnected with backoff, forever
 unless --give-up-after is given. Writable attachments take one SPEC.
 
 Options:
-  --rw                allow writes (FLUSH and FUA reach the server as Tfsync)
-  --give-up-after SECONDS
-                      fail I/O with EIO after this long without a server
-                      (default: never, like an NFS hard mount)
-  --failback          return to a preferred replica when it answers again
-  --sha256 HEX        the image's full SHA-256: every replica is checked
-                      before it serves (reads the whole image once per replica)
+${resilienceHelp}
   --foreground        serve in this process until detached (systemd, debugging)
   --max-request-kb N  largest kernel request, in KiB (default 1024; the
                       kernel's own default is 128)
@@ -150,11 +146,8 @@ export async function attach(args: string[], out: (line: string) => void): Promi
   const { values, positionals: rest } = parse(args, {
     ...commonOptions,
     ...serverOptions,
-    rw: { type: "boolean" },
+    ...resilienceOptions,
     foreground: { type: "boolean" },
-    "give-up-after": { type: "string" },
-    failback: { type: "boolean" },
-    sha256: { type: "string" },
     "block-size": { type: "string" },
     "max-request-kb": { type: "string" },
   });
@@ -167,23 +160,7 @@ export async function attach(args: string[], out: (line: string) => void): Promi
   const specTexts = rest.slice(0, -1);
   const specs = specTexts.map(parseSpec);
   const specText = specTexts.join(" ");
-  const options: ResilientOptions = openOptions(values);
-  options.writable = values.rw ?? false;
-  if (options.writable && specs.length > 1) {
-    throw new UsageError(
-      "--rw takes exactly one SPEC: writable replicas would split (no split brain)",
-    );
-  }
-  if (values["give-up-after"] !== undefined) {
-    options.giveUpAfterMs = parseSeconds("give-up-after", values["give-up-after"], 1) * 1000;
-  }
-  options.failback = values.failback ?? false;
-  if (values.sha256 !== undefined) {
-    if (!/^[0-9a-fA-F]{64}$/.test(values.sha256)) {
-      throw new UsageError("--sha256 takes 64 hexadecimal digits");
-    }
-    options.sha256 = values.sha256.toLowerCase();
-  }
+  const options = resilientOptions(values, specs.length);
   const blockSizeBytes = values["block-size"]
     ? parseInteger("block-size", values["block-size"], 512, 4096)
     : 512;

@@ -9,6 +9,7 @@
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { UsageError } from "../errors.ts";
+import type { ResilientOptions } from "../failover.ts";
 import type { OpenOptions } from "../image.ts";
 import { setupLogging, type Verbosity } from "../log.ts";
 import { SPEC_FORMS } from "../spec.ts";
@@ -172,4 +173,53 @@ export function positionals(args: string[], names: string[]): string[] {
     throw new UsageError(`unexpected argument "${args[names.length]}"`);
   }
   return args;
+}
+
+/** Options of commands that serve an image from replicas (attach, proxy). */
+export const resilienceOptions = {
+  rw: { type: "boolean" },
+  "give-up-after": { type: "string" },
+  failback: { type: "boolean" },
+  sha256: { type: "string" },
+} as const satisfies Options;
+
+/** Help text for {@link resilienceOptions}. */
+export const resilienceHelp =
+  `  --rw                allow writes (FLUSH and FUA reach the server as Tfsync);
+                      takes exactly one SPEC
+  --give-up-after SECONDS
+                      fail I/O with EIO after this long without a server
+                      (default: never, like an NFS hard mount)
+  --failback          return to a preferred replica when it answers again
+  --sha256 HEX        the image's full SHA-256: every replica is checked
+                      before it serves (reads the whole image once per replica)`;
+
+/** Server and resilience options, checked against the number of SPECs, as {@link ResilientOptions}. */
+export function resilientOptions(
+  values: Parameters<typeof openOptions>[0] & {
+    rw?: boolean;
+    "give-up-after"?: string;
+    failback?: boolean;
+    sha256?: string;
+  },
+  specCount: number,
+): ResilientOptions {
+  const options: ResilientOptions = openOptions(values);
+  options.writable = values.rw ?? false;
+  if (options.writable && specCount > 1) {
+    throw new UsageError(
+      "--rw takes exactly one SPEC: writable replicas would split (no split brain)",
+    );
+  }
+  if (values["give-up-after"] !== undefined) {
+    options.giveUpAfterMs = parseSeconds("give-up-after", values["give-up-after"], 1) * 1000;
+  }
+  options.failback = values.failback ?? false;
+  if (values.sha256 !== undefined) {
+    if (!/^[0-9a-fA-F]{64}$/.test(values.sha256)) {
+      throw new UsageError("--sha256 takes 64 hexadecimal digits");
+    }
+    options.sha256 = values.sha256.toLowerCase();
+  }
+  return options;
 }

@@ -8,7 +8,7 @@
  */
 
 import { ExitCode, UsageError } from "../errors.ts";
-import { ResilientImage, type ResilientOptions } from "../failover.ts";
+import { ResilientImage } from "../failover.ts";
 import { logger } from "../log.ts";
 import { formatListenAddress, NbdProxy, parseListenAddress } from "../nbd/proxy.ts";
 import { parseSpec } from "../spec.ts";
@@ -17,9 +17,10 @@ import {
   applyVerbosity,
   commonHelp,
   commonOptions,
-  openOptions,
   parse,
-  parseSeconds,
+  resilienceHelp,
+  resilienceOptions,
+  resilientOptions,
   serverHelp,
   serverOptions,
 } from "./options.ts";
@@ -41,13 +42,9 @@ Examples:
 
 Options:
   --listen ADDRESS    unix:PATH, HOST:PORT, [IPV6]:PORT, or :PORT for every address
-  --rw                allow writes (FLUSH and FUA reach the server as Tfsync)
   --name NAME         the export's name; clients must ask for it or for the
                       default (empty) name (default: any name is this export)
-  --give-up-after SECONDS
-                      fail I/O with EIO after this long without a server
-                      (default: never)
-  --failback          return to a preferred replica when it answers again
+${resilienceHelp}
 ${serverHelp}
 ${commonHelp}`;
 
@@ -56,10 +53,8 @@ export async function proxy(args: string[], out: (line: string) => void): Promis
     ...commonOptions,
     ...serverOptions,
     listen: { type: "string" },
-    rw: { type: "boolean" },
     name: { type: "string" },
-    "give-up-after": { type: "string" },
-    failback: { type: "boolean" },
+    ...resilienceOptions,
   });
   if (values.help) {
     out(proxyHelp);
@@ -69,17 +64,7 @@ export async function proxy(args: string[], out: (line: string) => void): Promis
   if (values.listen === undefined) throw new UsageError("missing --listen ADDRESS");
   const listen = parseListenAddress(values.listen);
   const specs = specTexts.map(parseSpec);
-  const options: ResilientOptions = openOptions(values);
-  options.writable = values.rw ?? false;
-  if (options.writable && specs.length > 1) {
-    throw new UsageError(
-      "--rw takes exactly one SPEC: writable replicas would split (no split brain)",
-    );
-  }
-  if (values["give-up-after"] !== undefined) {
-    options.giveUpAfterMs = parseSeconds("give-up-after", values["give-up-after"], 1) * 1000;
-  }
-  options.failback = values.failback ?? false;
+  const options = resilientOptions(values, specs.length);
   const name = values.name ?? "";
   if (new TextEncoder().encode(name).length > 4096) {
     throw new UsageError("--name: longer than 4096 bytes");

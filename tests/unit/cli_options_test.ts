@@ -9,6 +9,7 @@ import {
   parseSeconds,
   parseSize,
   positionals,
+  resilientOptions,
   serverOptions,
 } from "../../lib/cli/options.ts";
 
@@ -134,4 +135,15 @@ Deno.test("positionals insists on exactly the named arguments", () => {
     /unexpected.*"c"/,
     "many",
   );
+});
+
+Deno.test("resilience options: --rw takes one SPEC, give-up and sha256 are checked", () => {
+  assert.throws(() => resilientOptions({ rw: true }, 2), UsageError);
+  assert.equal(resilientOptions({ rw: true }, 1).writable, true);
+  assert.equal(resilientOptions({ "give-up-after": "2.5" }, 3).giveUpAfterMs, 2500);
+  assert.throws(() => resilientOptions({ "give-up-after": "0" }, 1), UsageError);
+  assert.throws(() => resilientOptions({ sha256: "abc" }, 1), UsageError);
+  const sha = "AB".repeat(32);
+  assert.equal(resilientOptions({ sha256: sha }, 2).sha256, sha.toLowerCase());
+  assert.equal(resilientOptions({}, 2).failback, false);
 });
