@@ -6,6 +6,8 @@
  * @module
  */
 
+export { randomBytes } from "../tests/support/random.ts";
+
 /** The checkout. */
 export const repoDir = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 /** The 9nbd entry point; NBD9_MAIN points elsewhere (a build that wires commands differently). */
@@ -259,20 +261,6 @@ export async function haveCommand(cmd: string, args = ["--version"]): Promise<bo
   } catch {
     return false;
   }
-}
-
-/** Deterministic pseudo-random bytes (xorshift32): incompressible, same every run. */
-export function randomBytes(length: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  const words = new Uint32Array(bytes.buffer, 0, Math.floor(length / 4));
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    words[i] = x >>> 0;
-  }
-  return bytes;
 }
 
 /** `1234567` → `1.18 MiB`-style text for tables. */

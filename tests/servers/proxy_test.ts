@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { mainTs, sha256Hex } from "../support/cli.ts";
 import { type RunningServer, serverUnavailable, startDiod } from "../support/servers.ts";
 import { skipTier } from "../support/tier.ts";
+import { randomBytes } from "../support/random.ts";
 
 const IMAGE_BYTES = 48 * 1024 * 1024 + 4096;
 const SCRATCH_BYTES = 16 * 1024 * 1024;
@@ -35,20 +36,6 @@ async function missingClient(): Promise<string | null> {
     }
   }
   return null;
-}
-
-/** Deterministic pseudo-random bytes (xorshift32). */
-function randomBytes(length: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  const words = new Uint32Array(bytes.buffer, 0, Math.floor(length / 4));
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    words[i] = x >>> 0;
-  }
-  return bytes;
 }
 
 /** A running `9nbd proxy`. */

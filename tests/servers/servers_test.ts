@@ -18,23 +18,9 @@ import {
   startGanesha,
 } from "../support/servers.ts";
 import { skipTier } from "../support/tier.ts";
+import { randomBytes } from "../support/random.ts";
 
 const IMAGE_BYTES = 64 * 1024 * 1024;
-
-/** Deterministic pseudo-random bytes (xorshift32), fast enough for 64 MiB. */
-function randomBytes(length: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  const words = new Uint32Array(bytes.buffer, 0, Math.floor(length / 4));
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    words[i] = x >>> 0;
-  }
-  for (let i = words.length * 4; i < length; i++) bytes[i] = (i * 31) & 0xff;
-  return bytes;
-}
 
 const starters: Record<ServerKind, typeof startDiod> = { diod: startDiod, ganesha: startGanesha };
 
