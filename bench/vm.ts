@@ -21,7 +21,7 @@
  * @module
  */
 
-import { guestPrelude } from "../tests/vm/guest.ts";
+import { guestPrelude, makeTree } from "../tests/vm/guest.ts";
 import { runInVm, vmUnavailable } from "../tests/vm/vm.ts";
 import { FIO_JOBS, type FioResult, median, parseFio } from "./lib.ts";
 
@@ -90,18 +90,7 @@ JOBS="${jobs}"
 bench() { echo "@@BENCH $*"; }
 now() { date +%s.%N; }
 mkdir -p /tmp/export /tmp/tree /mnt/walk /mnt/9p
-# About 2,000 files of assorted sizes in 40 directories, from a seeded generator.
-deno eval '
-  let x = 2463534242;
-  const rnd = () => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return x >>> 0; };
-  for (let d = 0; d < 40; d++) {
-    Deno.mkdirSync("/tmp/tree/d" + d, { recursive: true });
-    for (let f = 0; f < 50; f++) {
-      const bytes = new Uint8Array(rnd() % 24000);
-      for (let i = 0; i < bytes.length; i++) bytes[i] = rnd() & 255;
-      Deno.writeFileSync("/tmp/tree/d" + d + "/f" + f, bytes);
-    }
-  }'
+${makeTree("/tmp/tree")}
 mkfs.ext4 -q -b 4096 -d /tmp/tree /tmp/export/img-9nbd.img ${IMAGE_MIB}M || bench error mkfs
 rm -rf /tmp/tree
 for c in nbd-server v9fs-loop loop; do cp /tmp/export/img-9nbd.img /tmp/export/img-$c.img; done

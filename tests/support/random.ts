@@ -6,7 +6,7 @@
  */
 
 /** `length` pseudo-random bytes from `seed`; every byte, including a tail shorter than a word. */
-export function randomBytes(length: number, seed: number): Uint8Array {
+export function randomBytes(length: number, seed = 1): Uint8Array {
   const bytes = new Uint8Array(length);
   const words = new Uint32Array(bytes.buffer, 0, Math.floor(length / 4));
   let x = seed >>> 0 || 1;

@@ -21,20 +21,9 @@ import {
 } from "../../lib/server/export.ts";
 import { decodeRreaddir, encodeTreaddir, LocalType } from "../../lib/server/wire_local.ts";
 import { parseSpec } from "../../lib/spec.ts";
+import { randomBytes } from "../support/random.ts";
 
 const IMAGE_BYTES = 8 * 1024 * 1024 + 4321;
-
-function patterned(length: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    bytes[i] = x & 0xff;
-  }
-  return bytes;
-}
 
 interface Fixture {
   dir: string;
@@ -50,7 +39,7 @@ async function withServer(
   body: (f: Fixture) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "9nbd-export-test-" }));
-  const image = patterned(IMAGE_BYTES, 5);
+  const image = randomBytes(IMAGE_BYTES, 5);
   await Deno.writeFile(`${dir}/disk.img`, image);
   const server = await startExportServer({
     paths: [dir],
@@ -163,7 +152,7 @@ Deno.test({
     withServer({ readWrite: true }, async ({ spec, dir, image }) => {
       const opened = await Image.open(parseSpec(spec()), { writable: true });
       try {
-        const data = patterned(2 * 1024 * 1024 + 3, 9);
+        const data = randomBytes(2 * 1024 * 1024 + 3, 9);
         await opened.write(777_777, data);
         await opened.flush?.();
         const back = new Uint8Array(data.length);
@@ -297,7 +286,7 @@ Deno.test({
   name: "a read-only export refuses opening for writing and Twrite with EROFS",
   ...testOptions,
   fn: () =>
-    withServer({}, async ({ spec, port, dir }) => {
+    withServer({}, async ({ spec, port, dir, image }) => {
       await rejectsWithErrno(Image.open(parseSpec(spec()), { writable: true }), "EROFS");
       const s = await session(port);
       try {
@@ -307,7 +296,10 @@ Deno.test({
       } finally {
         s.close();
       }
-      assert.deepEqual((await Deno.readFile(`${dir}/disk.img`)).subarray(0, 10), patterned(10, 5));
+      assert.deepEqual(
+        (await Deno.readFile(`${dir}/disk.img`)).subarray(0, 10),
+        image.subarray(0, 10),
+      );
     }),
 });
 

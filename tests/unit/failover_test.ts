@@ -34,19 +34,9 @@ import {
   HOSTILITIES,
   type Hostility,
 } from "./support/hostile_9p_server.ts";
+import { randomBytes } from "../support/random.ts";
 
 const IMAGE_BYTES = 1 << 20;
-
-/** Bytes that differ at every offset, so a misplaced or foreign block shows. */
-function patterned(length: number, seed = 1): Uint8Array {
-  const bytes = new Uint8Array(length);
-  let x = seed;
-  for (let i = 0; i < length; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    bytes[i] = x >>> 24;
-  }
-  return bytes;
-}
 
 /** Short timeouts and a fast backoff, so unit tests take milliseconds, not seconds. */
 const FAST: ResilientOptions = {
@@ -156,7 +146,7 @@ const EXPECTED_LAST_ERROR: Record<Hostility, RegExp> = {
 
 for (const hostility of HOSTILITIES) {
   test(`${hostility}: the session is reset and every read is re-issued on a new one, right bytes`, async () => {
-    const file = patterned(IMAGE_BYTES, 3);
+    const file = randomBytes(IMAGE_BYTES, 3);
     await withServers([file], {}, async ([server]) => {
       const image = await open([server]);
       try {
@@ -178,7 +168,7 @@ for (const hostility of HOSTILITIES) {
   });
 
   test(`${hostility} on every read from the preferred replica: reads fail over to the next one`, async () => {
-    const file = patterned(IMAGE_BYTES, 4);
+    const file = randomBytes(IMAGE_BYTES, 4);
     await withServers([file, file.slice()], {}, async ([bad, good]) => {
       const image = await open([bad, good]);
       try {
@@ -201,7 +191,7 @@ for (const hostility of HOSTILITIES) {
 }
 
 test("with two connections, a cut frame on one replaces both sessions and every read is right", async () => {
-  const file = patterned(IMAGE_BYTES, 18);
+  const file = randomBytes(IMAGE_BYTES, 18);
   await withServers([file], {}, async ([server]) => {
     const image = await open([server], { connections: 2 });
     try {
@@ -219,7 +209,7 @@ test("with two connections, a cut frame on one replaces both sessions and every 
 });
 
 test("a server that crashes and comes back: reads wait (hard mount), then get the right bytes", async () => {
-  const file = patterned(IMAGE_BYTES, 5);
+  const file = randomBytes(IMAGE_BYTES, 5);
   await withServers([file], {}, async ([server]) => {
     const image = await open([server]);
     try {
@@ -237,8 +227,8 @@ test("a server that crashes and comes back: reads wait (hard mount), then get th
 });
 
 test("replicas holding other content or another size are refused loudly, once, and never read from; reads wait for the right one", async () => {
-  const file = patterned(IMAGE_BYTES, 6);
-  const otherContent = patterned(IMAGE_BYTES, 7);
+  const file = randomBytes(IMAGE_BYTES, 6);
+  const otherContent = randomBytes(IMAGE_BYTES, 7);
   const otherSize = file.slice(0, IMAGE_BYTES - 4096);
   await capturingLogs(async (records) => {
     await withServers([file, otherContent, otherSize], {}, async ([good, content, size]) => {
@@ -280,7 +270,7 @@ test("replicas holding other content or another size are refused loudly, once, a
 });
 
 test("with a SHA-256, a replica differing only in a block the fingerprint does not sample is refused", async () => {
-  const file = patterned(IMAGE_BYTES, 8);
+  const file = randomBytes(IMAGE_BYTES, 8);
   const subtle = file.slice();
   const samples = sampleOffsets(IMAGE_BYTES);
   const unsampled = samples[1] - 4096; // between the first two sample blocks
@@ -335,16 +325,16 @@ function unsampledOffset(near: number, length: number): number {
 }
 
 test("writes acknowledged but not flushed are replayed after a crash that lost them; a flush ends the replays", async () => {
-  const file = patterned(IMAGE_BYTES, 9);
+  const file = randomBytes(IMAGE_BYTES, 9);
   await withServers([file], { volatileWrites: true }, async ([server]) => {
     const image = await open([server], { writable: true });
     try {
       // Away from the fingerprint's sample blocks: see the test after this one.
       const at = unsampledOffset(5000, 10_000);
       const elsewhereAt = unsampledOffset(700_000, 30_000);
-      const first = patterned(10_000, 20);
-      const second = patterned(10_000, 21);
-      const elsewhere = patterned(30_000, 22);
+      const first = randomBytes(10_000, 20);
+      const second = randomBytes(10_000, 21);
+      const elsewhere = randomBytes(30_000, 22);
       await image.write(at, first);
       await image.write(at, second); // the later write to the same bytes must win
       await image.write(elsewhereAt, elsewhere);
@@ -381,12 +371,12 @@ test("writes acknowledged but not flushed are replayed after a crash that lost t
 });
 
 test("a writable attachment that wrote into a fingerprint sample block reconnects after a restart", async () => {
-  const file = patterned(IMAGE_BYTES, 19);
+  const file = randomBytes(IMAGE_BYTES, 19);
   await withServers([file], {}, async ([server]) => {
     const image = await open([server], { writable: true });
     try {
       // A file system's superblock lives in the first block, which is always sampled.
-      const superblock = patterned(4096, 50);
+      const superblock = randomBytes(4096, 50);
       await image.write(0, superblock);
       await image.flush();
       await server.crash(); // a clean restart: the server keeps what was written
@@ -402,12 +392,12 @@ test("a writable attachment that wrote into a fingerprint sample block reconnect
 });
 
 test("a write in flight when the server dies is re-issued on the next session", async () => {
-  const file = patterned(IMAGE_BYTES, 10);
+  const file = randomBytes(IMAGE_BYTES, 10);
   await withServers([file], { volatileWrites: true }, async ([server]) => {
     const image = await open([server], { writable: true });
     try {
       server.arm("silent", { on: MsgType.Twrite });
-      const data = patterned(12_000, 30);
+      const data = randomBytes(12_000, 30);
       const writing = image.write(300_001, data);
       await server.connections[0].waitUntil(
         () => server.requestsOf(MsgType.Twrite).length > 0,
@@ -426,11 +416,11 @@ test("a write in flight when the server dies is re-issued on the next session", 
 });
 
 test("a flush interrupted by a crash is re-issued after the replay, so it covers the lost writes", async () => {
-  const file = patterned(IMAGE_BYTES, 11);
+  const file = randomBytes(IMAGE_BYTES, 11);
   await withServers([file], { volatileWrites: true }, async ([server]) => {
     const image = await open([server], { writable: true });
     try {
-      const data = patterned(9000, 40);
+      const data = randomBytes(9000, 40);
       await image.write(123_457, data);
       server.arm("silent", { on: MsgType.Tfsync });
       const flushing = image.flush();
@@ -455,7 +445,7 @@ test("a flush interrupted by a crash is re-issued after the replay, so it covers
 });
 
 test("with giveUpAfterMs and no server, a read fails with a ConnectionError after that long, and works once one is back", async () => {
-  const file = patterned(IMAGE_BYTES, 12);
+  const file = randomBytes(IMAGE_BYTES, 12);
   await withServers([file], {}, async ([server]) => {
     const giveUpAfterMs = 600;
     const image = await open([server], { giveUpAfterMs });
@@ -483,7 +473,7 @@ test("with giveUpAfterMs and no server, a read fails with a ConnectionError afte
 });
 
 test("with giveUpAfterMs and a server that never answers, reads fail after that long, not at the first timeout", async () => {
-  const file = patterned(IMAGE_BYTES, 13);
+  const file = randomBytes(IMAGE_BYTES, 13);
   await withServers([file], {}, async ([server]) => {
     const giveUpAfterMs = 1200;
     const image = await open([server], { giveUpAfterMs, timeoutMs: 300 });
@@ -506,7 +496,7 @@ test("with giveUpAfterMs and a server that never answers, reads fail after that 
 });
 
 test("a replica whose sessions open but then fail every read is retried with backoff, not in a tight loop", async () => {
-  const file = patterned(IMAGE_BYTES, 14);
+  const file = randomBytes(IMAGE_BYTES, 14);
   await withServers([file], {}, async ([server]) => {
     // The default backoff (50 ms doubling to 2 s), as the daemon uses it.
     const image = await ResilientImage.open([parseSpec(server.spec)], {
@@ -531,7 +521,7 @@ test("a replica whose sessions open but then fail every read is retried with bac
 });
 
 test("close() during a reconnect leaves no session open and serves nothing more", async () => {
-  const file = patterned(IMAGE_BYTES, 15);
+  const file = randomBytes(IMAGE_BYTES, 15);
   await withServers([file], {}, async ([server]) => {
     const image = await open([server]);
     server.holdSessions = true; // the reconnect's Tversion waits
@@ -623,7 +613,7 @@ async function withDiods(
 }
 
 test("diod killed with SIGKILL under four looping readers and restarted 1 s later: zero errors, right bytes", async () => {
-  const file = patterned(8 << 20, 16);
+  const file = randomBytes(8 << 20, 16);
   await withDiods(1, file, async ([diod]) => {
     const image = await ResilientImage.open([parseSpec(diod.specFor("image.img"))], {
       timeoutMs: 2000,
@@ -652,7 +642,7 @@ test("diod killed with SIGKILL under four looping readers and restarted 1 s late
 });
 
 test("diod frozen with SIGSTOP longer than the timeout: reads move to the second diod, zero errors", async () => {
-  const file = patterned(8 << 20, 17);
+  const file = randomBytes(8 << 20, 17);
   await withDiods(2, file, async ([primary, secondary]) => {
     const image = await ResilientImage.open(
       [parseSpec(primary.specFor("image.img")), parseSpec(secondary.specFor("image.img"))],

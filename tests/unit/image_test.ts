@@ -11,20 +11,10 @@ import { Image, type OpenOptions } from "../../lib/image.ts";
 import { MsgType } from "../../lib/p9/wire.ts";
 import { parseSpec } from "../../lib/spec.ts";
 import { type FileServerOptions, imageFileScript, listenUnix } from "./support/fake_9p_server.ts";
+import { randomBytes } from "../support/random.ts";
 
 const PAYLOAD = 8192;
 const MSIZE = PAYLOAD + 24;
-
-/** Bytes that differ at every offset (a pattern that would show any misplaced chunk). */
-function patterned(length: number, seed = 1): Uint8Array {
-  const bytes = new Uint8Array(length);
-  let x = seed;
-  for (let i = 0; i < length; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    bytes[i] = x >>> 24;
-  }
-  return bytes;
-}
 
 /**
  * Serve `file`, open it, run `body`, then close everything. `path` is the
@@ -64,7 +54,7 @@ async function serve(file: Uint8Array, options: FileServerOptions) {
 }
 
 Deno.test("opening an image attaches, stats and opens it read-only by default", async () => {
-  const file = patterned(5000);
+  const file = randomBytes(5000);
   await withImage(file, {}, { uname: "alice", uid: 1234 }, (image, fake) => {
     assert.equal(image.sizeBytes, 5000);
     assert.equal(image.readOnly, true);
@@ -85,7 +75,7 @@ Deno.test("opening an image attaches, stats and opens it read-only by default", 
 });
 
 Deno.test("closing an image clunks its fid", async () => {
-  const fake = await serve(patterned(100), {});
+  const fake = await serve(randomBytes(100), {});
   try {
     const image = await Image.open(parseSpec(`unix:${fake.path}:/img`));
     await image.close();
@@ -98,7 +88,7 @@ Deno.test("closing an image clunks its fid", async () => {
 });
 
 Deno.test("a SPEC with // walks from the export to the file and clunks the export's fid", async () => {
-  const file = patterned(3000);
+  const file = randomBytes(3000);
   await withImage(file, { walkable: ["dir", "img"] }, {}, async (image, fake) => {
     const server = fake.server;
     const attach = server.requestsOf(MsgType.Tattach)[0].msg;
@@ -115,7 +105,7 @@ Deno.test("a SPEC with // walks from the export to the file and clunks the expor
 });
 
 Deno.test("a SPEC that walks to a missing file fails with ENOENT", async () => {
-  const fake = await serve(patterned(10), { walkable: ["dir"] });
+  const fake = await serve(randomBytes(10), { walkable: ["dir"] });
   try {
     await assert.rejects(
       Image.open(parseSpec(`unix:${fake.path}:/export//dir/missing`)),
@@ -131,7 +121,7 @@ Deno.test("a SPEC that walks to a missing file fails with ENOENT", async () => {
 });
 
 Deno.test("a large read is split into msize-sized Treads that are all sent before any reply", async () => {
-  const file = patterned(8 * PAYLOAD + 100);
+  const file = randomBytes(8 * PAYLOAD + 100);
   await withImage(file, { readBarrier: 8 }, {}, async (image, fake) => {
     const dest = new Uint8Array(8 * PAYLOAD);
     await image.read(50, dest);
@@ -149,7 +139,7 @@ Deno.test("a large read is split into msize-sized Treads that are all sent befor
 });
 
 Deno.test("reads use the server's iounit when it is smaller than msize", async () => {
-  const file = patterned(10_000);
+  const file = randomBytes(10_000);
   await withImage(file, { iounit: 1000 }, {}, async (image, fake) => {
     assert.equal(image.chunkBytes, 1000);
     const dest = new Uint8Array(4500);
@@ -161,7 +151,7 @@ Deno.test("reads use the server's iounit when it is smaller than msize", async (
 });
 
 Deno.test("short Rread replies are continued until the range is filled", async () => {
-  const file = patterned(3 * PAYLOAD);
+  const file = randomBytes(3 * PAYLOAD);
   await withImage(file, { maxReadReplyBytes: 1000 }, {}, async (image, fake) => {
     const dest = new Uint8Array(2 * PAYLOAD + 7);
     await image.read(3, dest);
@@ -174,7 +164,7 @@ Deno.test("short Rread replies are continued until the range is filled", async (
 });
 
 Deno.test("a zero-byte Rread before the end of the image is an error, not data", async () => {
-  const file = patterned(4 * PAYLOAD);
+  const file = randomBytes(4 * PAYLOAD);
   await withImage(file, { zeroReadFrom: 2 * PAYLOAD + 10 }, {}, async (image) => {
     const dest = new Uint8Array(3 * PAYLOAD);
     await assert.rejects(image.read(0, dest), (err: unknown) => {
@@ -188,13 +178,13 @@ Deno.test("a zero-byte Rread before the end of the image is an error, not data",
 
 Deno.test("writes at odd offsets and lengths land exactly and nowhere else", async () => {
   const size = 5 * PAYLOAD + 3;
-  const file = patterned(size, 7);
+  const file = randomBytes(size, 7);
   const expected = file.slice();
   await withImage(file, {}, { writable: true }, async (image, fake) => {
     assert.equal(image.readOnly, false);
     assert.equal(fake.server.requestsOf(MsgType.Tlopen)[0].msg.flags, 2, "O_RDWR");
     for (const [offset, length] of [[1, 1], [4097, 20_001], [size - 3, 3], [PAYLOAD - 1, 2]]) {
-      const data = patterned(length, offset + 99);
+      const data = randomBytes(length, offset + 99);
       await image.write(offset, data);
       expected.set(data, offset);
       assert.deepEqual(file, expected, `write of ${length} at ${offset}`);
@@ -211,7 +201,7 @@ Deno.test("writes at odd offsets and lengths land exactly and nowhere else", asy
 Deno.test("short Rwrite replies are continued with the rest of the data", async () => {
   const file = new Uint8Array(3 * PAYLOAD);
   await withImage(file, { maxWriteReplyBytes: 777 }, { writable: true }, async (image, fake) => {
-    const data = patterned(PAYLOAD + 5);
+    const data = randomBytes(PAYLOAD + 5);
     await image.write(11, data);
     assert.deepEqual(file.subarray(11, 11 + data.length), data);
     assert.equal(file[10], 0);

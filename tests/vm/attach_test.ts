@@ -5,22 +5,11 @@
  * @module
  */
 
-import { runGuestTests } from "./guest.ts";
+import { makeTree, runGuestTests } from "./guest.ts";
 
 const SCRIPT = String.raw`
 mkdir -p /tmp/export /tmp/tree /mnt/ro /mnt/rw
-# About 2,000 files of assorted sizes in 40 directories, from a seeded generator.
-deno eval '
-  let x = 2463534242;
-  const rnd = () => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return x >>> 0; };
-  for (let d = 0; d < 40; d++) {
-    Deno.mkdirSync("/tmp/tree/d" + d, { recursive: true });
-    for (let f = 0; f < 50; f++) {
-      const bytes = new Uint8Array(rnd() % 24000);
-      for (let i = 0; i < bytes.length; i++) bytes[i] = rnd() & 255;
-      Deno.writeFileSync("/tmp/tree/d" + d + "/f" + f, bytes);
-    }
-  }'
+${makeTree("/tmp/tree")}
 (cd /tmp/tree && find . -type f -print0 | xargs -0 sha256sum) > /tmp/tree.sha256
 mkfs.ext4 -q -b 4096 -d /tmp/tree /tmp/export/ro.img 96M
 cp /tmp/export/ro.img /tmp/export/rw.img

@@ -65,6 +65,25 @@ modprobe ext4
 modprobe loop
 `;
 
+/**
+ * Guest shell lines that fill `dir` with about 2,000 files of assorted sizes
+ * in 40 directories, from a seeded generator (the same tree every run).
+ */
+export function makeTree(dir: string): string {
+  return String.raw`deno eval '
+  const dir = ${JSON.stringify(dir)};
+  let x = 2463534242;
+  const rnd = () => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return x >>> 0; };
+  for (let d = 0; d < 40; d++) {
+    Deno.mkdirSync(dir + "/d" + d, { recursive: true });
+    for (let f = 0; f < 50; f++) {
+      const bytes = new Uint8Array(rnd() % 24000);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = rnd() & 255;
+      Deno.writeFileSync(dir + "/d" + d + "/f" + f, bytes);
+    }
+  }'`;
+}
+
 function shellQuote(text: string): string {
   return `'${text.replaceAll("'", `'\\''`)}'`;
 }

@@ -24,6 +24,7 @@ import {
   type Request,
   type Script,
 } from "./fake_9p_server.ts";
+import { randomBytes } from "../../support/random.ts";
 
 /** The ways a {@link HostileImageServer} can answer a request it was armed for. */
 export const HOSTILITIES = [
@@ -58,19 +59,6 @@ export interface HostileServerOptions extends FileServerOptions {
    * forgets the ones not yet synced (default false: every write is durable).
    */
   volatileWrites?: boolean;
-}
-
-/** A deterministic byte source, so failures reproduce. */
-function pseudoRandom(length: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    bytes[i] = x & 0xff;
-  }
-  return bytes;
 }
 
 /** A misbehaving-on-demand image server on a Unix socket. See the module doc. */
@@ -235,11 +223,11 @@ export class HostileImageServer {
     switch (hostility) {
       case "garbage":
         // Random bytes: the first four are an absurd frame size.
-        await server.sendRaw(pseudoRandom(256, tag + 1));
+        await server.sendRaw(randomBytes(256, tag + 1));
         return;
       case "unknown-type": {
         // A well-sized frame of a type 9P does not define.
-        const frame = pseudoRandom(32, tag + 7);
+        const frame = randomBytes(32, tag + 7);
         new DataView(frame.buffer).setUint32(0, frame.length, true);
         frame[4] = 250;
         frame[5] = tag & 0xff;
@@ -257,7 +245,7 @@ export class HostileImageServer {
         await server.reply(tag, { type: MsgType.Rclunk });
         return;
       case "cut-frame": {
-        const frame = encode(tag, { type: MsgType.Rread, data: pseudoRandom(count, tag) });
+        const frame = encode(tag, { type: MsgType.Rread, data: randomBytes(count, tag) });
         await server.sendRaw(frame.subarray(0, Math.max(5, frame.length >> 1)));
         server.disconnect();
         return;
@@ -266,7 +254,7 @@ export class HostileImageServer {
         await server.reply(tag, { type: MsgType.Rlerror, ecode: 0x7fff_ffff });
         return;
       case "oversized-read":
-        await server.reply(tag, { type: MsgType.Rread, data: pseudoRandom(count + 1, tag) });
+        await server.reply(tag, { type: MsgType.Rread, data: randomBytes(count + 1, tag) });
         return;
       case "eio":
         await server.reply(tag, { type: MsgType.Rlerror, ecode: 5 });
