@@ -247,8 +247,13 @@ export class NbdEngine {
       // A full window stops reading: back-pressure goes to the kernel's queue.
       while (this.#inflight >= this.#maxInflight && !this.#dead) await this.#nextCompletion();
       if (this.#dead) return;
-      // EOF, even mid-header, is the peer leaving: end cleanly.
-      if (await this.#readFull(header) < REQUEST_BYTES) return;
+      // A header already buffered is taken without a turn of the event loop, so
+      // a burst of requests from one socket read is admitted in a single turn
+      // (and their 9P requests leave together). EOF, even mid-header, is the
+      // peer leaving: end cleanly.
+      if (!this.#reader.takeBuffered(header) && await this.#readFull(header) < REQUEST_BYTES) {
+        return;
+      }
       const request = decodeRequest(header);
       if (request.type === NbdCommand.disc) return;
 
@@ -271,7 +276,11 @@ export class NbdEngine {
         } else {
           buffer = this.#pool.acquire(request.length);
           const payload = buffer.subarray(SIMPLE_REPLY_BYTES, SIMPLE_REPLY_BYTES + request.length);
-          if (await this.#readFull(payload) < request.length) return;
+          if (
+            !this.#reader.takeBuffered(payload) && await this.#readFull(payload) < request.length
+          ) {
+            return;
+          }
         }
       }
       this.#admit(request, refusal, buffer);
@@ -433,7 +442,10 @@ export class NbdEngine {
   #send(bytes: Uint8Array): Promise<void> {
     return new Promise((resolve) => {
       this.#sendQueue.push({ bytes, done: resolve });
-      if (!this.#sending) this.#sendDone = this.#drainSendQueue();
+      if (!this.#sending) {
+        this.#sending = true;
+        this.#sendDone = Promise.resolve().then(() => this.#drainSendQueue());
+      }
     });
   }
 
@@ -570,6 +582,13 @@ class StreamReader {
       }
     }
     return filled;
+  }
+
+  /** Fill all of `dest` from the buffer if it holds enough, else take nothing; true if filled. */
+  takeBuffered(dest: Uint8Array): boolean {
+    if (this.#end - this.#start < dest.length) return false;
+    this.#take(dest, 0);
+    return true;
   }
 
   /** Skip `length` bytes; false at EOF. */

@@ -388,7 +388,10 @@ export class Session {
 
   #send(frame: Uint8Array): void {
     this.#sendQueue.push(frame);
-    if (!this.#sending) this.#drainSendQueue();
+    if (!this.#sending) {
+      this.#sending = true;
+      queueMicrotask(() => this.#drainSendQueue());
+    }
   }
 
   /** Write queued frames in order, coalescing small ones into one write. */
@@ -433,6 +436,14 @@ export class Session {
         const frame = await this.#reader.next();
         if (frame === null) throw new ConnectionError("connection closed by the server");
         this.#dispatch(frame);
+        // Every further frame that came with the same read, in this same turn.
+        for (
+          let more = this.#reader.buffered();
+          more && !this.#death;
+          more = this.#reader.buffered()
+        ) {
+          this.#dispatch(more);
+        }
       }
     } catch (err) {
       this.#die(err);

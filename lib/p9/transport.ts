@@ -81,6 +81,21 @@ export class FrameReader {
     this.#buffer = new Uint8Array(Math.max(bufferBytes, HEADER_BYTES));
   }
 
+  /**
+   * The next frame if it is already buffered, else undefined (nothing is
+   * read). Lets a reader dispatch every frame of one socket read in a single
+   * turn, so the replies' continuations run together.
+   */
+  buffered(): Uint8Array | undefined {
+    const available = this.#end - this.#start;
+    if (available < 4) return undefined;
+    const size = frameSize(this.#buffer.subarray(this.#start, this.#start + 4), this.maxFrameBytes);
+    if (available < size) return undefined;
+    const frame = this.#buffer.subarray(this.#start, this.#start + size);
+    this.#start += size;
+    return frame;
+  }
+
   /** The next complete frame, or null at a clean end of stream between frames. */
   async next(): Promise<Uint8Array | null> {
     if (!(await this.#fill(4))) return null;
