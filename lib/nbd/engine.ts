@@ -165,6 +165,7 @@ export class NbdEngine {
   /** Replies waiting to be written, in order, and whether a writer is running. */
   readonly #sendQueue: { bytes: Uint8Array; done: () => void }[] = [];
   #sending = false;
+  #batchBuffer?: Uint8Array;
   #sendDone: Promise<void> = Promise.resolve();
   #zeros?: Uint8Array;
 
@@ -470,7 +471,9 @@ export class NbdEngine {
         const batch = this.#sendQueue.splice(0, count);
         let bytes = batch[0].bytes;
         if (count > 1) {
-          bytes = new Uint8Array(total);
+          // One buffer serves every batch: it is free again once the write resolves.
+          this.#batchBuffer ??= new Uint8Array(SEND_BATCH_BYTES);
+          bytes = this.#batchBuffer.subarray(0, total);
           let at = 0;
           for (const item of batch) {
             bytes.set(item.bytes, at);

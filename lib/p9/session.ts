@@ -18,6 +18,7 @@ import { type ByteStream, FrameReader, writeAll } from "./transport.ts";
 import {
   decode,
   encode,
+  encodeTread,
   IOHDRSZ,
   MAXWELEM,
   type Message,
@@ -26,6 +27,7 @@ import {
   NOFID,
   NOTAG,
   type Qid,
+  RREAD_HEADER_BYTES,
   VERSION_9P2000L,
 } from "./wire.ts";
 
@@ -48,15 +50,33 @@ const BATCH_BYTES = 256 * 1024;
 
 interface Pending {
   expect: number;
+  /** What the request did, for error messages; a read's is made only when needed. */
   operation: string;
   sentAtMs: number;
   resolve(msg: Message): void;
   reject(err: Error): void;
   /** For Tread: the caller's buffer the reply's data is copied into. */
   sink?: Uint8Array;
+  /** For Tread: the file offset, for error messages. */
+  offset: number;
   /** Abandoned by its caller; a Tflush is on its way and the tag stays reserved until Rflush. */
   flushed: boolean;
+  /** The request holds a window slot, released when it settles. */
+  counted: boolean;
+  signal?: AbortSignal;
+  onAbort?: () => void;
 }
+
+/** Options of one request. */
+interface RequestOptions {
+  tag?: number;
+  sink?: Uint8Array;
+  offset?: number;
+  signal?: AbortSignal;
+  bypassWindow?: boolean;
+}
+
+const NO_OPTIONS: RequestOptions = {};
 
 /** Counters a session keeps for `list` and benchmarks. */
 export interface SessionStats {
@@ -90,6 +110,7 @@ export class Session {
   readonly #freeFids: number[] = [];
   #nextFid = 1;
   readonly #sendQueue: Uint8Array[] = [];
+  #batchBuffer?: Uint8Array;
   #sending = false;
   #death: ConnectionError | undefined;
   readonly #dead: Promise<ConnectionError>;
@@ -264,11 +285,12 @@ export class Session {
    * from the receive buffer into `dest`.
    */
   async read(fid: number, offset: number, dest: Uint8Array, signal?: AbortSignal): Promise<number> {
+    const count = dest.length;
     const reply = await this.#request(
-      { type: MsgType.Tread, fid, offset: BigInt(offset), count: dest.length },
+      (tag) => encodeTread(tag, fid, offset, count),
       MsgType.Rread,
-      `read ${dest.length} bytes at ${offset}`,
-      { sink: dest, signal },
+      "read",
+      { sink: dest, offset, signal },
     );
     return reply.data.length;
   }
@@ -299,49 +321,71 @@ export class Session {
    * Rlerror (which becomes a P9Error); anything else kills the session.
    */
   async #request<R extends Message["type"]>(
-    msg: Message,
+    msg: Message | ((tag: number) => Uint8Array),
     expect: R,
     operation: string,
-    options: { tag?: number; sink?: Uint8Array; signal?: AbortSignal; bypassWindow?: boolean } = {},
+    options: RequestOptions = NO_OPTIONS,
   ): Promise<Message<R>> {
     if (this.#death) throw this.#death;
-    options.signal?.throwIfAborted();
-    if (!options.bypassWindow && options.tag === undefined) await this.#acquireSlot();
-    if (this.#death) {
-      if (!options.bypassWindow && options.tag === undefined) this.#releaseSlot();
-      throw this.#death;
+    const signal = options.signal;
+    signal?.throwIfAborted();
+    const counted = !options.bypassWindow && options.tag === undefined;
+    if (counted) {
+      // A free slot is taken at once: waiting costs a turn even when there is no wait.
+      if (this.#inflight < this.maxInflight) this.#inflight++;
+      else await this.#acquireSlot();
+      if (this.#death) {
+        this.#releaseSlot();
+        throw this.#death;
+      }
     }
     const tag = options.tag ?? this.#allocTag();
-    const counted = !options.bypassWindow && options.tag === undefined;
-    const frame = encode(tag, msg);
-    return await new Promise<Message<R>>((resolve, reject) => {
-      const entry: Pending = {
-        expect,
-        operation,
-        sentAtMs: performance.now(),
-        resolve: resolve as (m: Message) => void,
-        reject,
-        sink: options.sink,
-        flushed: false,
-      };
-      const settle = () => {
-        if (counted) this.#releaseSlot();
-        options.signal?.removeEventListener("abort", onAbort);
-      };
-      entry.resolve = (m) => {
-        settle();
-        resolve(m as Message<R>);
-      };
-      entry.reject = (e) => {
-        settle();
-        reject(e);
-      };
-      const onAbort = () => this.#abandon(tag, entry, options.signal!.reason);
-      options.signal?.addEventListener("abort", onAbort, { once: true });
-      this.#pending.set(tag, entry);
-      this.stats.requests++;
-      this.#send(frame);
-    });
+    const frame = typeof msg === "function" ? msg(tag) : encode(tag, msg);
+    const { promise, resolve, reject } = Promise.withResolvers<Message<R>>();
+    const entry: Pending = {
+      expect,
+      operation,
+      sentAtMs: performance.now(),
+      resolve: resolve as (m: Message) => void,
+      reject,
+      sink: options.sink,
+      offset: options.offset ?? 0,
+      flushed: false,
+      counted,
+      signal,
+      onAbort: undefined,
+    };
+    if (signal) {
+      entry.onAbort = () => this.#abandon(tag, entry, signal.reason);
+      signal.addEventListener("abort", entry.onAbort, { once: true });
+    }
+    this.#pending.set(tag, entry);
+    this.stats.requests++;
+    this.#send(frame);
+    return await promise;
+  }
+
+  /** Give back what `entry` holds (its slot, its abort listener); once per entry. */
+  #settle(entry: Pending): void {
+    if (entry.counted) this.#releaseSlot();
+    if (entry.onAbort) entry.signal!.removeEventListener("abort", entry.onAbort);
+  }
+
+  #resolve(entry: Pending, msg: Message): void {
+    this.#settle(entry);
+    entry.resolve(msg);
+  }
+
+  #reject(entry: Pending, err: Error): void {
+    this.#settle(entry);
+    entry.reject(err);
+  }
+
+  /** The request `entry` was, as error messages name it. */
+  #operationOf(entry: Pending): string {
+    return entry.sink && entry.expect === MsgType.Rread
+      ? `read ${entry.sink.length} bytes at ${entry.offset}`
+      : entry.operation;
   }
 
   /**
@@ -352,7 +396,10 @@ export class Session {
   #abandon(tag: number, entry: Pending, reason: unknown): void {
     if (entry.flushed || this.#death) return;
     entry.flushed = true;
-    entry.reject(reason instanceof Error ? reason : new DOMException("aborted", "AbortError"));
+    this.#reject(
+      entry,
+      reason instanceof Error ? reason : new DOMException("aborted", "AbortError"),
+    );
     this.#request({ type: MsgType.Tflush, oldtag: tag }, MsgType.Rflush, "flush", {
       bypassWindow: true,
     }).then(
@@ -411,7 +458,9 @@ export class Session {
             count++;
           }
           if (count > 1) {
-            const joined = new Uint8Array(total);
+            // One buffer serves every batch: it is free again once the write resolves.
+            this.#batchBuffer ??= new Uint8Array(BATCH_BYTES);
+            const joined = this.#batchBuffer.subarray(0, total);
             joined.set(batch);
             let at = batch.length;
             for (const frame of this.#sendQueue.splice(0, count - 1)) {
@@ -452,6 +501,7 @@ export class Session {
 
   /** Route one reply to its waiter. Runs synchronously: `frame` is reused after. */
   #dispatch(frame: Uint8Array): void {
+    if (frame[4] === MsgType.Rread && this.#dispatchRread(frame)) return;
     const { tag, msg } = decode(frame);
     const entry = this.#pending.get(tag);
     if (!entry) throw new ProtocolError(`reply ${msgTypeName(msg.type)} with unknown tag ${tag}`);
@@ -475,7 +525,7 @@ export class Session {
     this.#pending.delete(tag);
     this.#freeTag(tag);
     if (isError) {
-      entry.reject(new P9Error(msg.ecode, entry.operation));
+      this.#reject(entry, new P9Error(msg.ecode, this.#operationOf(entry)));
       return;
     }
     if (msg.type === MsgType.Rread) {
@@ -489,7 +539,30 @@ export class Session {
       this.stats.reads++;
       this.stats.bytesRead += data.length;
     }
-    entry.resolve(msg);
+    this.#resolve(entry, msg);
+  }
+
+  /**
+   * The common case of {@link #dispatch}, without decoding into a message
+   * first: a well-formed Rread for a pending Tread with a sink. Returns false
+   * for anything else (the general path then decodes it, and reports what
+   * is wrong with it).
+   */
+  #dispatchRread(frame: Uint8Array): boolean {
+    if (frame.length < RREAD_HEADER_BYTES) return false;
+    const count = (frame[7] | frame[8] << 8 | frame[9] << 16 | frame[10] << 24) >>> 0;
+    if (RREAD_HEADER_BYTES + count !== frame.length) return false;
+    const tag = frame[5] | frame[6] << 8;
+    const entry = this.#pending.get(tag);
+    if (!entry || entry.expect !== MsgType.Rread || !entry.sink || entry.flushed) return false;
+    if (count > entry.sink.length) return false;
+    this.#pending.delete(tag);
+    this.#freeTag(tag);
+    entry.sink.set(frame.subarray(RREAD_HEADER_BYTES));
+    this.stats.reads++;
+    this.stats.bytesRead += count;
+    this.#resolve(entry, { type: MsgType.Rread, data: entry.sink.subarray(0, count) });
+    return true;
   }
 
   #sweep(): void {
@@ -499,7 +572,7 @@ export class Session {
       if (now - entry.sentAtMs > this.timeoutMs) {
         this.#die(
           new TimeoutError(
-            `no reply to ${entry.operation} in ${(this.timeoutMs / 1000).toFixed(1)} s`,
+            `no reply to ${this.#operationOf(entry)} in ${(this.timeoutMs / 1000).toFixed(1)} s`,
           ),
         );
         return;
@@ -521,7 +594,7 @@ export class Session {
     }
     const pending = [...this.#pending.values()];
     this.#pending.clear();
-    for (const entry of pending) if (!entry.flushed) entry.reject(death);
+    for (const entry of pending) if (!entry.flushed) this.#reject(entry, death);
     for (const wake of this.#slotWaiters.splice(0)) wake();
     this.#markDead(death);
   }

@@ -247,6 +247,32 @@ function fieldBytes(kind: FieldKind, value: unknown, strings: Uint8Array[]): num
   }
 }
 
+/** Bytes of an Rread before its data: size[4] type[1] tag[2] count[4]. */
+export const RREAD_HEADER_BYTES = 11;
+/** Bytes of a Tread: size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
+export const TREAD_BYTES = 23;
+
+/**
+ * A Tread frame, byte for byte what {@link encode} makes of
+ * `{ type: Tread, fid, offset, count }`, without the message object and
+ * BigInt the general encoder needs (reads are the hot path).
+ */
+export function encodeTread(tag: number, fid: number, offset: number, count: number): Uint8Array {
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new RangeError(`Tread offset ${offset} is not a byte offset`);
+  }
+  const frame = new Uint8Array(TREAD_BYTES);
+  const view = new DataView(frame.buffer);
+  view.setUint32(0, TREAD_BYTES, true);
+  frame[4] = MsgType.Tread;
+  view.setUint16(5, tag, true);
+  view.setUint32(7, fid, true);
+  view.setUint32(11, offset % 0x1_0000_0000, true);
+  view.setUint32(15, Math.floor(offset / 0x1_0000_0000), true);
+  view.setUint32(19, count, true);
+  return frame;
+}
+
 /** Encode one message with its tag into a complete frame. */
 export function encode(tag: number, msg: Message): Uint8Array {
   const layout = layoutOf(msg.type);

@@ -11,6 +11,7 @@ import { ProtocolError } from "../../lib/errors.ts";
 import {
   decode,
   encode,
+  encodeTread,
   frameSize,
   HEADER_BYTES,
   layouts,
@@ -619,4 +620,36 @@ Deno.test({
     }
     assert.ok(seen.has(MsgType.Tversion) && seen.has(MsgType.Rversion), "no version exchange");
   },
+});
+
+Deno.test("encodeTread makes the same bytes as the general encoder, offsets past 4 GiB included", () => {
+  const offsets = [
+    0,
+    1,
+    4095,
+    2 ** 32 - 1,
+    2 ** 32,
+    2 ** 32 + 12345,
+    2 ** 40 + 7,
+    Number.MAX_SAFE_INTEGER,
+  ];
+  for (const offset of offsets) {
+    for (const [tag, fid, count] of [[0, 1, 4096], [0xfffe, 0xfffffffe, 1 << 20], [77, 3, 0]]) {
+      assert.deepEqual(
+        encodeTread(tag, fid, offset, count),
+        encode(tag, { type: MsgType.Tread, fid, offset: BigInt(offset), count }),
+        `tag ${tag} fid ${fid} offset ${offset} count ${count}`,
+      );
+    }
+  }
+  assert.deepEqual(
+    encodeTread(0x0102, 0x03040506, 0x0708090a0b, 0x0c0d0e0f),
+    hex("17000000", "74", "0201", "06050403", "0b0a090807000000", "0f0e0d0c"),
+  );
+});
+
+Deno.test("encodeTread refuses an offset that is not a safe byte offset", () => {
+  for (const offset of [-1, 0.5, 2 ** 53, Number.NaN]) {
+    assert.throws(() => encodeTread(1, 1, offset, 1), RangeError, String(offset));
+  }
 });
