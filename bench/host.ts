@@ -100,6 +100,9 @@ export interface ServerCost {
   bytesServed: number;
   cpuSecondsPerGiB: number;
   peakRssMiB: number;
+  /** CPU seconds diod spent while this comparator's fio runs ran (about 0 for nbdkit). */
+  diodCpuSeconds: number;
+  diodCpuSecondsPerGiB: number;
 }
 
 export interface CatResult {
@@ -158,7 +161,7 @@ export async function runHostBench(options: HostBenchOptions): Promise<HostResul
   const servers: BenchServer[] = [];
   try {
     const fio: FioCell[] = [];
-    const costs = new Map<string, { cpu: number; bytes: number; rss: number }>();
+    const costs = new Map<string, { cpu: number; bytes: number; rss: number; diodCpu: number }>();
     const spec = { image: diod.specFor("image.img"), scratch: "" };
 
     for (const readOnly of [true, false]) {
@@ -183,11 +186,14 @@ export async function runHostBench(options: HostBenchOptions): Promise<HostResul
         const results = new Map<string, FioResult[]>();
         for (let run = 0; run < options.runs; run++) {
           for (const { comparator, server } of started) {
+            const diodBefore = sampleProcess(diod.pid)?.cpuSeconds ?? 0;
             const result = await runFio(job, server, options, dir);
+            const diodAfter = sampleProcess(diod.pid)?.cpuSeconds ?? diodBefore;
             (results.get(comparator.key) ?? results.set(comparator.key, []).get(comparator.key)!)
               .push(result);
-            const cost = costs.get(comparator.key) ?? { cpu: 0, bytes: 0, rss: 0 };
+            const cost = costs.get(comparator.key) ?? { cpu: 0, bytes: 0, rss: 0, diodCpu: 0 };
             cost.bytes += result.ioBytes;
+            cost.diodCpu += diodAfter - diodBefore;
             costs.set(comparator.key, cost);
           }
           log(
@@ -214,7 +220,7 @@ export async function runHostBench(options: HostBenchOptions): Promise<HostResul
       }
       for (const { comparator, server, before } of started) {
         const sample = sampleProcess(server.pid);
-        const cost = costs.get(comparator.key) ?? { cpu: 0, bytes: 0, rss: 0 };
+        const cost = costs.get(comparator.key) ?? { cpu: 0, bytes: 0, rss: 0, diodCpu: 0 };
         cost.cpu += (sample?.cpuSeconds ?? before) - before;
         cost.rss = Math.max(cost.rss, sample?.peakRssKiB ?? 0);
         costs.set(comparator.key, cost);
@@ -287,6 +293,8 @@ export async function runHostBench(options: HostBenchOptions): Promise<HostResul
           bytesServed: cost.bytes,
           cpuSecondsPerGiB: cost.cpu / (cost.bytes / 2 ** 30),
           peakRssMiB: cost.rss / 1024,
+          diodCpuSeconds: cost.diodCpu,
+          diodCpuSecondsPerGiB: cost.diodCpu / (cost.bytes / 2 ** 30),
         };
       }),
       cat,

@@ -173,15 +173,21 @@ function markdown(
       );
       lines.push(`| ${job} | ${cells.map(fmt).join(" | ")} | ${r?.toFixed(2) ?? "–"} |`);
     }
-    lines.push("", "Server cost over the whole fio series:", "");
     lines.push(
-      "| server | CPU s | GiB served | CPU s / GiB | peak RSS |",
-      "|---|---:|---:|---:|---:|",
+      "",
+      "Server cost over the whole fio series (diod's CPU is what it spent while that " +
+        "comparator's runs ran; the machine's 2 cores are shared by fio, the server and diod):",
+      "",
+    );
+    lines.push(
+      "| server | CPU s | GiB served | CPU s / GiB | peak RSS | diod CPU s / GiB |",
+      "|---|---:|---:|---:|---:|---:|",
     );
     for (const c of host.costs) {
       lines.push(
         `| ${c.label} | ${c.cpuSeconds.toFixed(1)} | ${(c.bytesServed / 2 ** 30).toFixed(2)} | ` +
-          `${c.cpuSecondsPerGiB.toFixed(2)} | ${c.peakRssMiB.toFixed(0)} MiB |`,
+          `${c.cpuSecondsPerGiB.toFixed(2)} | ${c.peakRssMiB.toFixed(0)} MiB | ` +
+          `${c.diodCpuSecondsPerGiB?.toFixed(2) ?? "–"} |`,
       );
     }
     lines.push("", `Whole-image copy to /dev/null (wall clock incl. process start):`, "");
