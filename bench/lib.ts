@@ -6,6 +6,8 @@
  * @module
  */
 
+import { v8FlagsArgument } from "../lib/runtime.ts";
+
 export { randomBytes } from "../tests/support/random.ts";
 
 /** The checkout. */
@@ -224,6 +226,7 @@ export function startProxy(
     "run",
     "-A",
     "--quiet",
+    v8FlagsArgument(),
     "--config",
     configPath,
     mainTs,

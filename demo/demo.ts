@@ -12,6 +12,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { v8FlagsArgument } from "../lib/runtime.ts";
 
 const repo = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const mainTs = `${repo}/main.ts`;
@@ -43,7 +44,7 @@ async function run(command: string[], options: { quiet?: boolean } = {}): Promis
 }
 
 function nbd9(...args: string[]): string[] {
-  return [Deno.execPath(), "run", "-A", "--quiet", mainTs, ...args];
+  return [Deno.execPath(), "run", "-A", "--quiet", v8FlagsArgument(), mainTs, ...args];
 }
 
 /** Can this machine attach NBD devices itself? */

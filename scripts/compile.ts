@@ -10,6 +10,8 @@
  * @module
  */
 
+import { v8FlagsArgument } from "../lib/runtime.ts";
+
 const root = new URL("..", import.meta.url).pathname;
 const output = Deno.args[0] ?? "dist/9nbd";
 const denort = Deno.env.get("DENORT_BIN");
@@ -20,7 +22,7 @@ if (denort && !(await Deno.stat(denort).then((s) => s.isFile, () => false))) {
 }
 
 const result = await new Deno.Command(Deno.execPath(), {
-  args: ["compile", "-A", "--output", output, "main.ts"],
+  args: ["compile", "-A", v8FlagsArgument(), "--output", output, "main.ts"],
   cwd: root,
   stdout: "inherit",
   stderr: "piped",

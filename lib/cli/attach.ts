@@ -27,6 +27,7 @@ import {
   runDir,
 } from "../device/state.ts";
 import { parseSpec } from "../spec.ts";
+import { selfCommand } from "../runtime.ts";
 import { humanBytes } from "./info.ts";
 import {
   applyVerbosity,
@@ -133,13 +134,6 @@ async function checkFree(device: string): Promise<void> {
       `already attached (daemon pid ${owner ?? state?.pid}); detach it first`,
     );
   }
-}
-
-/** How to start this program again: `deno run -A main.ts` or the compiled binary. */
-function selfCommand(): string[] {
-  const exe = Deno.execPath();
-  if (exe.endsWith("/deno")) return [exe, "run", "-A", new URL(Deno.mainModule).pathname];
-  return [exe];
 }
 
 export async function attach(args: string[], out: (line: string) => void): Promise<number> {

@@ -8,6 +8,7 @@
  */
 
 import assert from "node:assert/strict";
+import { v8FlagsArgument } from "../../lib/runtime.ts";
 import { skipTier } from "../support/tier.ts";
 import { runInVm, vmUnavailable } from "./vm.ts";
 
@@ -22,7 +23,7 @@ export NBD9_RUN_DIR=/run/9nbd
 # Commands as scripts on PATH (not shell functions), so that "sh -c" sees them too.
 mkdir -p /tmp/bin
 export PATH=/tmp/bin:$PATH
-printf '#!/bin/sh\nexec deno run -A --quiet "%s/main.ts" "$@"\n' "$REPO" > /tmp/bin/9nbd
+printf '#!/bin/sh\nexec deno run -A --quiet ${v8FlagsArgument()} "%s/main.ts" "$@"\n' "$REPO" > /tmp/bin/9nbd
 # expect_exit CODE PATTERN CMD...: CMD must exit with CODE and print one line matching
 # PATTERN (grep -E) on stderr.
 cat > /tmp/bin/expect_exit <<'EOF'
