@@ -165,6 +165,34 @@ Deno.test("a full window stops the engine reading until a slot frees", async () 
   await finish(h);
 });
 
+Deno.test("data in flight is bounded: bytes wait for bytes, and one large request still runs", async () => {
+  const image = pattern(8 * MiB);
+  const gate = new Gate();
+  const backend = new MemoryBackend(image.slice(), { before: () => gate.opened });
+  const h = await start(backend, { maxInflight: 64, maxInflightBytes: 2 * MiB });
+  // Eight 1 MiB reads: only two fit the 2 MiB bound.
+  const reads = Array.from({ length: 8 }, (_, i) => h.kernel.read(i * MiB, MiB));
+  await delay(30);
+  assert.equal(backend.inflight, 2);
+  // A small request waits behind them too: the bound counts bytes, in order.
+  const small = h.kernel.read(0, 4 * KiB);
+  await delay(10);
+  assert.equal(backend.inflight, 2);
+  gate.open();
+  const replies = await Promise.all(reads);
+  replies.forEach((reply, i) => {
+    assert.equal(reply.error, 0);
+    assert.deepEqual(reply.data, image.subarray(i * MiB, (i + 1) * MiB));
+  });
+  assert.deepEqual((await small).data, image.subarray(0, 4 * KiB));
+  assert.equal(backend.maxInflight, 2);
+  // A request larger than the bound is served alone rather than never.
+  const big = await h.kernel.read(0, 4 * MiB);
+  assert.equal(big.error, 0);
+  assert.deepEqual(big.data, image.subarray(0, 4 * MiB));
+  await finish(h);
+});
+
 Deno.test("replies never interleave even when every stream write is short", async () => {
   const image = pattern(256 * KiB);
   const backend = new MemoryBackend(image.slice(), {
