@@ -152,6 +152,8 @@ export class ResilientImage implements BlockBackend {
   #reconnecting: Promise<Image> | undefined;
   #closed = false;
   #failbackTimer: ReturnType<typeof setInterval> | undefined;
+  /** A failback attempt is under way. */
+  #failingBack = false;
   #unflushed: LoggedWrite[] = [];
   #unflushedBytes = 0;
   #backgroundFlush: Promise<void> | undefined;
@@ -444,13 +446,28 @@ export class ResilientImage implements BlockBackend {
     }
   }
 
-  /** With failback on: if a more preferred replica answers, move to it. */
+  /**
+   * With failback on: if a more preferred replica answers, move to it. One
+   * attempt at a time: a replica slow to answer (up to the timeout) must not
+   * collect a new session every interval.
+   */
   async #tryFailback(): Promise<void> {
+    if (this.#failingBack) return;
+    this.#failingBack = true;
+    try {
+      await this.#failBackOnce();
+    } finally {
+      this.#failingBack = false;
+    }
+  }
+
+  async #failBackOnce(): Promise<void> {
     if (this.#closed || this.#reconnecting || this.#currentIndex === 0) return;
     for (let index = 0; index < this.#currentIndex; index++) {
       const image = await this.#tryReplica(index);
       if (!image) continue;
-      if (this.#closed || this.#reconnecting || !this.#current) {
+      // While we waited, a reconnect may have moved us (even to this replica).
+      if (this.#closed || this.#reconnecting || !this.#current || index >= this.#currentIndex) {
         await image.close();
         return;
       }

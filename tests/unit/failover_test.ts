@@ -538,6 +538,57 @@ test("close() during a reconnect leaves no session open and serves nothing more"
   });
 });
 
+test("with failback, reads move back to the preferred replica once it answers again", async () => {
+  const file = randomBytes(IMAGE_BYTES, 16);
+  await withServers([file, file.slice()], {}, async ([preferred, other]) => {
+    const image = await open([preferred, other], { failback: true, failbackIntervalMs: 30 });
+    try {
+      await preferred.crash();
+      await readAllAndCheck(image, file);
+      assert.equal(image.server, `unix:${other.path}`);
+      const otherReads = other.requestsOf(MsgType.Tread).length;
+      preferred.up();
+      await waitFor(() => image.server === `unix:${preferred.path}`, "the failback");
+      assert.equal(image.failovers, 2, "one failover and one failback");
+      const preferredReads = preferred.requestsOf(MsgType.Tread).length;
+      await readAllAndCheck(image, file);
+      assert.ok(preferred.requestsOf(MsgType.Tread).length > preferredReads, "reads go back");
+      // No data read reached the other replica after the failback.
+      assert.equal(
+        other.requestsOf(MsgType.Tread).filter(dataReadOf(file.length)).length,
+        other.requestsOf(MsgType.Tread).slice(0, otherReads).filter(dataReadOf(file.length)).length,
+      );
+    } finally {
+      await image.close();
+    }
+  });
+});
+
+test("failback attempts never overlap: a preferred replica slow to answer gets one session at a time", async () => {
+  const file = randomBytes(IMAGE_BYTES, 17);
+  await withServers([file, file.slice()], {}, async ([preferred, other]) => {
+    const image = await open([preferred, other], { failback: true, failbackIntervalMs: 20 });
+    try {
+      await preferred.crash();
+      await readAllAndCheck(image, file);
+      const before = preferred.connections.length;
+      preferred.holdSessions = true; // its Tversion waits, so an attempt takes up to the timeout
+      preferred.up();
+      await waitFor(() => preferred.connections.length > before, "a failback attempt");
+      // Ten intervals pass inside the one attempt's 400 ms timeout.
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(preferred.connections.length - before, 1, "one attempt at a time");
+      preferred.holdSessions = false;
+      preferred.releaseSessions();
+      await waitFor(() => image.server === `unix:${preferred.path}`, "the failback");
+      assert.equal(image.failovers, 2, "one failover and one failback, not one per attempt");
+      await readAllAndCheck(image, file);
+    } finally {
+      await image.close();
+    }
+  });
+});
+
 /** Await `promise`, failing (not hanging) the test if it is still pending after `ms`. */
 async function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<T> {
   const outcome = await settleWithin(promise, ms);
