@@ -33,6 +33,7 @@ import {
 } from "./errors.ts";
 import { Image, type OpenOptions } from "./image.ts";
 import { logger } from "./log.ts";
+import { ReadAhead, type ReadAheadOptions } from "./readahead.ts";
 import { formatAddress } from "./p9/transport.ts";
 import type { Spec } from "./spec.ts";
 
@@ -49,6 +50,8 @@ export interface ResilientOptions extends OpenOptions {
   /** Expected SHA-256 (hex) of the whole image, checked on every replica before use. */
   sha256?: string;
   backoff?: BackoffPolicy;
+  /** Read-ahead for a read-only image (see {@link ReadAhead}); none by default. */
+  readAhead?: ReadAheadOptions;
   /** Told whenever the serving server, counters or last error change. */
   onChange?: () => void;
 }
@@ -144,6 +147,8 @@ export class ResilientImage implements BlockBackend {
   reconnects = 0;
   failovers = 0;
   lastError: string | null = null;
+  /** The read-ahead cache, when asked for (read-only images only). */
+  readonly readAhead: ReadAhead | undefined;
   readonly #replicas: Replica[];
   readonly #options: ResilientOptions;
   readonly #identity: Identity;
@@ -177,6 +182,13 @@ export class ResilientImage implements BlockBackend {
     this.#identity = identity;
     this.sizeBytes = identity.sizeBytes;
     this.readOnly = first.readOnly;
+    if (options.readAhead && this.readOnly) {
+      this.readAhead = new ReadAhead(
+        this.sizeBytes,
+        options.readAhead,
+        (offset, dest) => this.#withServer((image) => image.read(offset, dest)),
+      );
+    }
     if (options.failback && replicas.length > 1) {
       this.#failbackTimer = setInterval(
         () => void this.#tryFailback(),
@@ -244,6 +256,7 @@ export class ResilientImage implements BlockBackend {
   }
 
   async read(offset: number, dest: Uint8Array): Promise<void> {
+    if (this.readAhead) return await this.readAhead.read(offset, dest);
     await this.#withServer((image) => image.read(offset, dest));
   }
 

@@ -181,7 +181,11 @@ export const resilienceOptions = {
   "give-up-after": { type: "string" },
   failback: { type: "boolean" },
   sha256: { type: "string" },
+  readahead: { type: "string" },
 } as const satisfies Options;
+
+/** Memory for read-ahead windows (`--readahead`). */
+export const READAHEAD_CACHE_BYTES = 8 * 1024 * 1024;
 
 /** Help text for {@link resilienceOptions}. */
 export const resilienceHelp =
@@ -192,7 +196,13 @@ export const resilienceHelp =
                       (default: never, like an NFS hard mount)
   --failback          return to a preferred replica when it answers again
   --sha256 HEX        the image's full SHA-256: every replica is checked
-                      before it serves (reads the whole image once per replica)`;
+                      before it serves (reads the whole image once per replica)
+  --readahead KB      read-only: a small read that follows closely on a recent
+                      one fetches the whole KB-sized window around it, kept in
+                      a ${
+    READAHEAD_CACHE_BYTES / 1024 / 1024
+  } MiB cache (a power of two, 4 to 4096; 0 = off,
+                      the default)`;
 
 /** Server and resilience options, checked against the number of SPECs, as {@link ResilientOptions}. */
 export function resilientOptions(
@@ -201,6 +211,7 @@ export function resilientOptions(
     "give-up-after"?: string;
     failback?: boolean;
     sha256?: string;
+    readahead?: string;
   },
   specCount: number,
 ): ResilientOptions {
@@ -220,6 +231,18 @@ export function resilientOptions(
       throw new UsageError("--sha256 takes 64 hexadecimal digits");
     }
     options.sha256 = values.sha256.toLowerCase();
+  }
+  if (values.readahead !== undefined) {
+    const kib = parseInteger("readahead", values.readahead, 0, 4096);
+    if (kib !== 0 && (kib < 4 || (kib & (kib - 1)) !== 0)) {
+      throw new UsageError(`--readahead: ${kib} is not 0 or a power of two from 4 to 4096`);
+    }
+    if (kib !== 0 && options.writable) {
+      throw new UsageError("--readahead is for read-only images; it cannot be used with --rw");
+    }
+    if (kib !== 0) {
+      options.readAhead = { windowBytes: kib * 1024, cacheBytes: READAHEAD_CACHE_BYTES };
+    }
   }
   return options;
 }

@@ -9,6 +9,7 @@ import {
   parseSeconds,
   parseSize,
   positionals,
+  READAHEAD_CACHE_BYTES,
   resilientOptions,
   serverOptions,
 } from "../../lib/cli/options.ts";
@@ -146,4 +147,20 @@ Deno.test("resilience options: --rw takes one SPEC, give-up and sha256 are check
   const sha = "AB".repeat(32);
   assert.equal(resilientOptions({ sha256: sha }, 2).sha256, sha.toLowerCase());
   assert.equal(resilientOptions({}, 2).failback, false);
+});
+
+Deno.test("--readahead takes 0 or a power of two of KiB from 4 to 4096, read-only only", () => {
+  assert.equal(resilientOptions({}, 1).readAhead, undefined);
+  assert.equal(resilientOptions({ readahead: "0" }, 1).readAhead, undefined);
+  assert.deepEqual(resilientOptions({ readahead: "256" }, 2).readAhead, {
+    windowBytes: 256 * 1024,
+    cacheBytes: READAHEAD_CACHE_BYTES,
+  });
+  for (const bad of ["2", "100", "8192", "-4", "x", "4.5"]) {
+    assert.throws(() => resilientOptions({ readahead: bad }, 1), UsageError, bad);
+  }
+  assert.throws(
+    () => resilientOptions({ readahead: "256", rw: true }, 1),
+    /read-only images/,
+  );
 });
