@@ -88,6 +88,13 @@ check "detach leaves no daemon and no state" sh -c '
   sleep 0.5; ! pgrep -f "main[.]ts attach" && test -z "$(ls /run/9nbd/*.json 2>/dev/null)" &&
   ! test -e /sys/block/nbd0/pid && ! test -e /sys/block/nbd1/pid'
 check "list is empty again" sh -c 'test "$(9nbd list)" = "no devices attached"'
+check "with --readahead 128, a cold read of every file matches and the whole device compares equal" sh -c '
+  9nbd attach --readahead 128 127.0.0.1:/tmp/export/ro.img /dev/nbd0 &&
+  mount -o ro /dev/nbd0 /mnt/ro && sync && echo 3 > /proc/sys/vm/drop_caches &&
+  (cd /mnt/ro && sha256sum -c --quiet /tmp/tree.sha256) && umount /mnt/ro &&
+  cmp /dev/nbd0 /tmp/export/ro.img && 9nbd detach /dev/nbd0'
+check "--readahead with --rw is a usage error (exit 2)" \
+  expect_exit 2 "read-only images" 9nbd attach --rw --readahead 128 127.0.0.1:/tmp/export/rw.img /dev/nbd1
 kill $DIOD_PID
 `;
 
