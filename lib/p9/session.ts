@@ -19,6 +19,7 @@ import {
   decode,
   encode,
   encodeTread,
+  encodeTwriteHeader,
   IOHDRSZ,
   MAXWELEM,
   type Message,
@@ -45,6 +46,8 @@ export interface SessionOptions {
 
 /** Smallest msize worth using: room for a header and a useful payload. */
 const MIN_MSIZE = 4096;
+/** Bytes of an Rwrite: size[4] type[1] tag[2] count[4]. */
+const RWRITE_BYTES = 11;
 /** Largest batch of small frames coalesced into one socket write. */
 const BATCH_BYTES = 256 * 1024;
 
@@ -303,7 +306,7 @@ export class Session {
     signal?: AbortSignal,
   ): Promise<number> {
     const reply = await this.#request(
-      { type: MsgType.Twrite, fid, offset: BigInt(offset), data },
+      (tag) => [encodeTwriteHeader(tag, fid, offset, data.length), data],
       MsgType.Rwrite,
       `write ${data.length} bytes at ${offset}`,
       { signal },
@@ -321,7 +324,7 @@ export class Session {
    * Rlerror (which becomes a P9Error); anything else kills the session.
    */
   async #request<R extends Message["type"]>(
-    msg: Message | ((tag: number) => Uint8Array),
+    msg: Message | ((tag: number) => Uint8Array | Uint8Array[]),
     expect: R,
     operation: string,
     options: RequestOptions = NO_OPTIONS,
@@ -361,7 +364,8 @@ export class Session {
     }
     this.#pending.set(tag, entry);
     this.stats.requests++;
-    this.#send(frame);
+    if (frame instanceof Uint8Array) this.#send(frame);
+    else for (const piece of frame) this.#send(piece);
     return await promise;
   }
 
@@ -502,6 +506,7 @@ export class Session {
   /** Route one reply to its waiter. Runs synchronously: `frame` is reused after. */
   #dispatch(frame: Uint8Array): void {
     if (frame[4] === MsgType.Rread && this.#dispatchRread(frame)) return;
+    if (frame[4] === MsgType.Rwrite && this.#dispatchRwrite(frame)) return;
     const { tag, msg } = decode(frame);
     const entry = this.#pending.get(tag);
     if (!entry) throw new ProtocolError(`reply ${msgTypeName(msg.type)} with unknown tag ${tag}`);
@@ -540,6 +545,19 @@ export class Session {
       this.stats.bytesRead += data.length;
     }
     this.#resolve(entry, msg);
+  }
+
+  /** Like {@link #dispatchRread}: a well-formed Rwrite for a pending Twrite, or false. */
+  #dispatchRwrite(frame: Uint8Array): boolean {
+    if (frame.length !== RWRITE_BYTES) return false;
+    const entry = this.#pending.get(frame[5] | frame[6] << 8);
+    if (!entry || entry.expect !== MsgType.Rwrite || entry.flushed) return false;
+    const tag = frame[5] | frame[6] << 8;
+    this.#pending.delete(tag);
+    this.#freeTag(tag);
+    const count = (frame[7] | frame[8] << 8 | frame[9] << 16 | frame[10] << 24) >>> 0;
+    this.#resolve(entry, { type: MsgType.Rwrite, count });
+    return true;
   }
 
   /**

@@ -252,6 +252,36 @@ export const RREAD_HEADER_BYTES = 11;
 /** Bytes of a Tread: size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
 export const TREAD_BYTES = 23;
 
+/** Bytes of a Twrite before its data: size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
+export const TWRITE_HEADER_BYTES = 23;
+
+/**
+ * The first {@link TWRITE_HEADER_BYTES} of a Twrite of `count` data bytes:
+ * followed by the data, byte for byte what {@link encode} makes of
+ * `{ type: Twrite, fid, offset, data }`. Sent as two pieces, the data needs
+ * no copy into a frame of its own.
+ */
+export function encodeTwriteHeader(
+  tag: number,
+  fid: number,
+  offset: number,
+  count: number,
+): Uint8Array {
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new RangeError(`Twrite offset ${offset} is not a byte offset`);
+  }
+  const header = new Uint8Array(TWRITE_HEADER_BYTES);
+  const view = new DataView(header.buffer);
+  view.setUint32(0, TWRITE_HEADER_BYTES + count, true);
+  header[4] = MsgType.Twrite;
+  view.setUint16(5, tag, true);
+  view.setUint32(7, fid, true);
+  view.setUint32(11, offset % 0x1_0000_0000, true);
+  view.setUint32(15, Math.floor(offset / 0x1_0000_0000), true);
+  view.setUint32(19, count, true);
+  return header;
+}
+
 /**
  * A Tread frame, byte for byte what {@link encode} makes of
  * `{ type: Tread, fid, offset, count }`, without the message object and

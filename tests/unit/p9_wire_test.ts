@@ -12,6 +12,7 @@ import {
   decode,
   encode,
   encodeTread,
+  encodeTwriteHeader,
   frameSize,
   HEADER_BYTES,
   layouts,
@@ -652,4 +653,22 @@ Deno.test("encodeTread refuses an offset that is not a safe byte offset", () => 
   for (const offset of [-1, 0.5, 2 ** 53, Number.NaN]) {
     assert.throws(() => encodeTread(1, 1, offset, 1), RangeError, String(offset));
   }
+});
+
+Deno.test("encodeTwriteHeader followed by the data is the general encoder's Twrite", () => {
+  for (const offset of [0, 4095, 2 ** 32 + 3, Number.MAX_SAFE_INTEGER]) {
+    for (const length of [0, 1, 4096, 65000]) {
+      const data = new Uint8Array(length).map((_, i) => (i * 13 + length) & 0xff);
+      const header = encodeTwriteHeader(0x1234, 7, offset, data.length);
+      const joined = new Uint8Array(header.length + data.length);
+      joined.set(header);
+      joined.set(data, header.length);
+      assert.deepEqual(
+        joined,
+        encode(0x1234, { type: MsgType.Twrite, fid: 7, offset: BigInt(offset), data }),
+        `offset ${offset} length ${length}`,
+      );
+    }
+  }
+  assert.throws(() => encodeTwriteHeader(1, 1, -1, 1), RangeError);
 });
