@@ -30,36 +30,6 @@ head -c $IMAGE_BYTES /dev/urandom > /tmp/w/rw.img
 head -c $((4 * MiB)) /dev/urandom > /tmp/out/written
 : > /tmp/metrics
 
-# serve PORT DIR: diod on 127.0.0.1:PORT exporting DIR, in the background; pid in /tmp/diod-PORT.pid
-# SIGPIPE is ignored, as systemd starts services: diod 1.0.24 dies of it when, resumed after
-# SIGSTOP, it answers on a connection the client has closed meanwhile.
-cat > /tmp/bin/serve <<'EOF'
-#!/bin/sh
-trap '' PIPE
-diod -f -n -N -S -U root -l 127.0.0.1:$1 -e "$2" > /tmp/diod-$1.log 2>&1 < /dev/null &
-echo $! > /tmp/diod-$1.pid
-wait_port $1 || { cat /tmp/diod-$1.log; exit 1; }
-EOF
-# crash PORT: SIGKILL the diod on PORT and wait until its port is closed.
-cat > /tmp/bin/crash <<'EOF'
-#!/bin/sh
-kill -9 "$(cat /tmp/diod-$1.pid)"
-hex=$(printf '%04X' "$1")
-for _ in $(seq 100); do
-  grep -q ":$hex 00000000:0000 0A" /proc/net/tcp || exit 0
-  sleep 0.1
-done
-echo "port $1 still listening after SIGKILL"; exit 1
-EOF
-# waitfor SECONDS CMD...: run CMD every 0.1 s until it succeeds; fail after SECONDS.
-cat > /tmp/bin/waitfor <<'EOF'
-#!/bin/sh
-deadline=$(($(date +%s) + $1)); shift
-until "$@" > /dev/null 2>&1; do
-  if [ "$(date +%s)" -ge $deadline ]; then echo "timed out waiting for: $*"; exit 1; fi
-  sleep 0.1
-done
-EOF
 # reads_done OUT N: reader OUT has finished at least N reads.
 cat > /tmp/bin/reads_done <<'EOF'
 #!/bin/sh

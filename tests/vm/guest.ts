@@ -44,6 +44,37 @@ for _ in $(seq 100); do
 done
 echo "nothing listens on port $1"; exit 1
 EOF
+# serve PORT DIR: diod on 127.0.0.1:PORT exporting DIR, in the background; pid in
+# /tmp/diod-PORT.pid, output in /tmp/diod-PORT.log. SIGPIPE is ignored, as systemd starts
+# services: diod 1.0.24 dies of it when, resumed after SIGSTOP, it answers on a connection the
+# client has closed meanwhile.
+cat > /tmp/bin/serve <<'EOF'
+#!/bin/sh
+trap '' PIPE
+diod -f -n -N -S -U root -l 127.0.0.1:$1 -e "$2" > /tmp/diod-$1.log 2>&1 < /dev/null &
+echo $! > /tmp/diod-$1.pid
+wait_port $1 || { cat /tmp/diod-$1.log; exit 1; }
+EOF
+# crash PORT: SIGKILL the diod on PORT and wait until its port is closed.
+cat > /tmp/bin/crash <<'EOF'
+#!/bin/sh
+kill -9 "$(cat /tmp/diod-$1.pid)"
+hex=$(printf '%04X' "$1")
+for _ in $(seq 100); do
+  grep -q ":$hex 00000000:0000 0A" /proc/net/tcp || exit 0
+  sleep 0.1
+done
+echo "port $1 still listening after SIGKILL"; exit 1
+EOF
+# waitfor SECONDS CMD...: run CMD every 0.1 s until it succeeds; fail after SECONDS.
+cat > /tmp/bin/waitfor <<'EOF'
+#!/bin/sh
+deadline=$(($(date +%s) + $1)); shift
+until "$@" > /dev/null 2>&1; do
+  if [ "$(date +%s)" -ge $deadline ]; then echo "timed out waiting for: $*"; exit 1; fi
+  sleep 0.1
+done
+EOF
 chmod +x /tmp/bin/*
 # check NAME CMD...: run CMD; report ok, or fail with its output folded onto one line.
 check() {
@@ -55,11 +86,10 @@ check() {
     echo "@@TEST fail $name: exit $rc: $(printf '%s' "$out" | tr '\n' ' ' | cut -c1-600)"
   fi
 }
-# start_diod PORT DIR: a diod on 127.0.0.1:PORT exporting DIR, its pid in DIOD_PID.
+# start_diod PORT DIR: serve, with the pid in DIOD_PID.
 start_diod() {
-  diod -f -n -N -S -U root -l 127.0.0.1:$1 -e "$2" > /tmp/diod-$1.log 2>&1 &
-  DIOD_PID=$!
-  wait_port $1 || { cat /tmp/diod-$1.log; return 1; }
+  serve "$1" "$2" || return 1
+  DIOD_PID=$(cat /tmp/diod-$1.pid)
 }
 modprobe nbd nbds_max=8
 modprobe ext4

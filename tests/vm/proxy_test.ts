@@ -23,25 +23,6 @@ cp /tmp/px/a/disk.img /tmp/px/b/disk.img
 head -c $RW_BYTES /dev/urandom > /tmp/px/w/rw.img
 cp /tmp/px/w/rw.img /tmp/px/rw.orig
 
-# serve PORT DIR: diod on 127.0.0.1:PORT exporting DIR, in the background; pid in
-# /tmp/px/diod-PORT.pid.
-cat > /tmp/bin/serve <<'EOF'
-#!/bin/sh
-diod -f -n -N -S -U root -l 127.0.0.1:$1 -e "$2" > /tmp/px/diod-$1.log 2>&1 < /dev/null &
-echo $! > /tmp/px/diod-$1.pid
-wait_port $1 || { cat /tmp/px/diod-$1.log; exit 1; }
-EOF
-# crash PORT: SIGKILL the diod on PORT and wait until its port is closed.
-cat > /tmp/bin/crash <<'EOF'
-#!/bin/sh
-kill -9 "$(cat /tmp/px/diod-$1.pid)"
-hex=$(printf '%04X' "$1")
-for _ in $(seq 100); do
-  grep -q ":$hex 00000000:0000 0A" /proc/net/tcp || exit 0
-  sleep 0.1
-done
-echo "port $1 still listening after SIGKILL"; exit 1
-EOF
 # start_proxy NAME ARGS...: "9nbd proxy -v ARGS" in the background, its output in
 # /tmp/px/NAME.log, its pid in NAME.pid and, once it has ended, its exit code in NAME.rc.
 # Returns when the proxy says it serves.
@@ -67,15 +48,6 @@ cat > /tmp/bin/stop_proxy <<'EOF'
 kill -TERM "$(cat /tmp/px/$1.pid)"
 waitfor 60 test -e /tmp/px/$1.rc || { echo "proxy $1 still runs after SIGTERM"; exit 1; }
 test "$(cat /tmp/px/$1.rc)" = 0 || { echo "proxy $1 exit $(cat /tmp/px/$1.rc)"; tail -5 /tmp/px/$1.log; exit 1; }
-EOF
-# waitfor SECONDS CMD...: run CMD every 0.1 s until it succeeds; fail after SECONDS.
-cat > /tmp/bin/waitfor <<'EOF'
-#!/bin/sh
-deadline=$(($(date +%s) + $1)); shift
-until "$@" > /dev/null 2>&1; do
-  if [ "$(date +%s)" -ge $deadline ]; then echo "timed out waiting for: $*"; exit 1; fi
-  sleep 0.1
-done
 EOF
 # detach DEVICE: nbd-client -d, then wait until the kernel says it is no longer connected.
 cat > /tmp/bin/detach <<'EOF'
@@ -239,7 +211,7 @@ check "the replica proxy keeps serving after the kills; -d and SIGTERM end it wi
 check "no nbd device is left connected" sh -c '
   for d in 0 1 2 3 4 5; do nbd-client -c /dev/nbd$d > /dev/null && { echo "nbd$d connected"; exit 1; }; done; true'
 cat /tmp/px/metrics 2>/dev/null
-for f in /tmp/px/diod-*.pid; do kill -9 "$(cat "$f")" 2>/dev/null || true; done
+for f in /tmp/diod-*.pid; do kill -9 "$(cat "$f")" 2>/dev/null || true; done
 `;
 
 const EXPECTED = [...SCRIPT.matchAll(/^check "([^"]+)"/gm)].map((m) => m[1]);
