@@ -11,12 +11,11 @@
 import { startDiod } from "../tests/support/servers.ts";
 import {
   type BenchServer,
-  configPath,
   FIO_JOBS,
   fioArgs,
   type FioJob,
   type FioResult,
-  mainTs,
+  mainArgs,
   median,
   parseFio,
   randomBytes,
@@ -238,27 +237,10 @@ export async function runHostBench(options: HostBenchOptions): Promise<HostResul
     };
     for (let run = 0; run < options.runs; run++) {
       catRuns["9nbd --version (start-up only)"].push(
-        await timeCommand(Deno.execPath(), [
-          "run",
-          "-A",
-          "--quiet",
-          "--config",
-          configPath,
-          mainTs,
-          "--version",
-        ]),
+        await timeCommand(Deno.execPath(), mainArgs(["--version"])),
       );
       catRuns["9nbd cat"].push(
-        await timeCommand(Deno.execPath(), [
-          "run",
-          "-A",
-          "--quiet",
-          "--config",
-          configPath,
-          mainTs,
-          "cat",
-          diod.specFor("image.img"),
-        ]),
+        await timeCommand(Deno.execPath(), mainArgs(["cat", diod.specFor("image.img")])),
       );
       catRuns["diodcat -m 65536"].push(
         await timeCommand("diodcat", [

@@ -222,21 +222,19 @@ export function startProxy(
   socket: string,
   extra: string[],
 ): Promise<BenchServer> {
-  return spawnServer(label, Deno.execPath(), [
-    "run",
-    "-A",
-    "--quiet",
-    v8FlagsArgument(),
-    "--config",
-    configPath,
-    mainTs,
-    "proxy",
-    "--quiet",
-    spec,
-    "--listen",
-    `unix:${socket}`,
-    ...extra,
-  ], socket);
+  return spawnServer(
+    label,
+    Deno.execPath(),
+    mainArgs(["proxy", "--quiet", spec, "--listen", `unix:${socket}`, ...extra], [
+      v8FlagsArgument(),
+    ]),
+    socket,
+  );
+}
+
+/** `deno` arguments that run 9nbd with `args`, after the extra `denoFlags` for `deno run`. */
+export function mainArgs(args: string[], denoFlags: string[] = []): string[] {
+  return ["run", "-A", "--quiet", ...denoFlags, "--config", configPath, mainTs, ...args];
 }
 
 /** `nbdkit file` on `path` (the comparator: a C server reading the file directly). */

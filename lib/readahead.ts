@@ -99,11 +99,6 @@ export class ReadAhead {
     }
   }
 
-  /** Drop every cached window (tests; a replica change needs none: replicas are identical). */
-  clear(): void {
-    this.#windows.clear();
-  }
-
   #has(index: number): boolean {
     return this.#windows.has(index);
   }
