@@ -53,15 +53,15 @@ const BATCH_BYTES = 256 * 1024;
 
 interface Pending {
   expect: number;
-  /** What the request did, for error messages; a read's is made only when needed. */
+  /** What the request did, for error messages (with `span`, made only when needed). */
   operation: string;
   sentAtMs: number;
   resolve(msg: Message): void;
   reject(err: Error): void;
   /** For Tread: the caller's buffer the reply's data is copied into. */
   sink?: Uint8Array;
-  /** For Tread: the file offset, for error messages. */
-  offset: number;
+  /** For Tread and Twrite: the bytes and the file offset, for error messages. */
+  span?: { bytes: number; offset: number };
   /** Abandoned by its caller; a Tflush is on its way and the tag stays reserved until Rflush. */
   flushed: boolean;
   /** The request holds a window slot, released when it settles. */
@@ -74,7 +74,7 @@ interface Pending {
 interface RequestOptions {
   tag?: number;
   sink?: Uint8Array;
-  offset?: number;
+  span?: { bytes: number; offset: number };
   signal?: AbortSignal;
   bypassWindow?: boolean;
 }
@@ -293,7 +293,7 @@ export class Session {
       (tag) => encodeTread(tag, fid, offset, count),
       MsgType.Rread,
       "read",
-      { sink: dest, offset, signal },
+      { sink: dest, span: { bytes: count, offset }, signal },
     );
     return reply.data.length;
   }
@@ -308,8 +308,8 @@ export class Session {
     const reply = await this.#request(
       (tag) => [encodeTwriteHeader(tag, fid, offset, data.length), data],
       MsgType.Rwrite,
-      `write ${data.length} bytes at ${offset}`,
-      { signal },
+      "write",
+      { span: { bytes: data.length, offset }, signal },
     );
     if (reply.count > data.length) {
       this.#die(new ProtocolError(`Rwrite count ${reply.count} exceeds the ${data.length} sent`));
@@ -352,7 +352,7 @@ export class Session {
       resolve: resolve as (m: Message) => void,
       reject,
       sink: options.sink,
-      offset: options.offset ?? 0,
+      span: options.span,
       flushed: false,
       counted,
       signal,
@@ -387,9 +387,8 @@ export class Session {
 
   /** The request `entry` was, as error messages name it. */
   #operationOf(entry: Pending): string {
-    return entry.sink && entry.expect === MsgType.Rread
-      ? `read ${entry.sink.length} bytes at ${entry.offset}`
-      : entry.operation;
+    const span = entry.span;
+    return span ? `${entry.operation} ${span.bytes} bytes at ${span.offset}` : entry.operation;
   }
 
   /**

@@ -232,6 +232,19 @@ Deno.test("Rlerror becomes a P9Error with the errno's name and the session stays
   }
 });
 
+Deno.test("a failed read or write names its byte count and offset", async () => {
+  const script = withVersion(MSIZE, (request, server) => {
+    server.reply(request.tag, { type: MsgType.Rlerror, ecode: 5 });
+  });
+  const { session, server } = await connect(script, { msize: MSIZE });
+  try {
+    await assert.rejects(session.read(1, 8192, new Uint8Array(100)), /read 100 bytes at 8192.*EIO/);
+    await assert.rejects(session.write(1, 4097, new Uint8Array(3)), /write 3 bytes at 4097.*EIO/);
+  } finally {
+    await stop(session, server);
+  }
+});
+
 Deno.test("Rerror (nfs-ganesha's error number) also becomes a P9Error", async () => {
   const script = withVersion(MSIZE, (request, server) => {
     server.reply(request.tag, { type: MsgType.Rerror, ecode: 13 });
