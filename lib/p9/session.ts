@@ -81,13 +81,10 @@ interface RequestOptions {
 
 const NO_OPTIONS: RequestOptions = {};
 
-/** Counters a session keeps for `list` and benchmarks. */
+/** Counters a session keeps. */
 export interface SessionStats {
-  requests: number;
-  reads: number;
-  writes: number;
+  /** Data bytes that Rreads brought. */
   bytesRead: number;
-  bytesWritten: number;
 }
 
 /** A 9P2000.L client session. */
@@ -95,13 +92,7 @@ export class Session {
   readonly label: string;
   readonly timeoutMs: number;
   readonly maxInflight: number;
-  readonly stats: SessionStats = {
-    requests: 0,
-    reads: 0,
-    writes: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-  };
+  readonly stats: SessionStats = { bytesRead: 0 };
   #msize: number;
   readonly #stream: ByteStream;
   readonly #reader: FrameReader;
@@ -315,7 +306,6 @@ export class Session {
       this.#die(new ProtocolError(`Rwrite count ${reply.count} exceeds the ${data.length} sent`));
       throw this.#death!;
     }
-    this.stats.bytesWritten += reply.count;
     return reply.count;
   }
 
@@ -363,7 +353,6 @@ export class Session {
       signal.addEventListener("abort", entry.onAbort, { once: true });
     }
     this.#pending.set(tag, entry);
-    this.stats.requests++;
     if (frame instanceof Uint8Array) this.#send(frame);
     else for (const piece of frame) this.#send(piece);
     return await promise;
@@ -540,7 +529,6 @@ export class Session {
       } else {
         msg.data = data.slice();
       }
-      this.stats.reads++;
       this.stats.bytesRead += data.length;
     }
     this.#resolve(entry, msg);
@@ -576,7 +564,6 @@ export class Session {
     this.#pending.delete(tag);
     this.#freeTag(tag);
     entry.sink.set(frame.subarray(RREAD_HEADER_BYTES));
-    this.stats.reads++;
     this.stats.bytesRead += count;
     this.#resolve(entry, { type: MsgType.Rread, data: entry.sink.subarray(0, count) });
     return true;

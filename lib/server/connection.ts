@@ -22,7 +22,7 @@
 import { describeError, P9Error, ProtocolError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { type ByteStream, FrameReader, writeAll } from "../p9/transport.ts";
-import { decode, encode, IOHDRSZ, MsgType, msgTypeName, NOTAG } from "../p9/wire.ts";
+import { decode, encode, MsgType, msgTypeName, NOTAG } from "../p9/wire.ts";
 import { Errno, type ExportTable } from "./exports.ts";
 import { FidTable } from "./fids.ts";
 import {
@@ -281,9 +281,4 @@ export class Connection implements HandlerContext {
       this.#sending = false;
     }
   }
-}
-
-/** The payload bytes a Tread may ask for at `msize` (for tests and docs). */
-export function maxPayload(msize: number): number {
-  return msize - IOHDRSZ;
 }
