@@ -308,6 +308,8 @@ function fieldBytes(kind: FieldKind, value: unknown, strings: Uint8Array[]): num
  * Rreaddir's header is the same.
  */
 export const RREAD_HEADER_BYTES = HEADER_BYTES + 4;
+/** Bytes of an Rwrite: size[4] type[1] tag[2] count[4]. */
+export const RWRITE_BYTES = HEADER_BYTES + 4;
 /** Bytes of a Tread: size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
 export const TREAD_BYTES = 23;
 
@@ -538,6 +540,11 @@ export function frameTag(frame: Uint8Array): number {
   return frame[5] | (frame[6] << 8);
 }
 
+/** The little-endian u32 at `at` of bytes known to hold it, read without a DataView. */
+function u32At(bytes: Uint8Array, at: number): number {
+  return (bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16 | bytes[at + 3] << 24) >>> 0;
+}
+
 /**
  * Decode one complete frame. `frame` must be exactly the frame (its size
  * field must equal its length). Byte fields (Rread/Twrite data) are views
@@ -597,6 +604,30 @@ export function decode(frame: Uint8Array): Frame {
     );
   }
   return { tag, msg: msg as unknown as Message };
+}
+
+/**
+ * The data length of `frame` if it is a well-formed Rread (what {@link decode}
+ * gives as `data.length`), or undefined for anything else, which
+ * {@link decode} then explains. The data is `frame.subarray(RREAD_HEADER_BYTES)`
+ * and the tag {@link frameTag}: reads are the hot path, and this makes no
+ * message object.
+ */
+export function rreadDataBytes(frame: Uint8Array): number | undefined {
+  if (frame.length < RREAD_HEADER_BYTES || frame[4] !== MsgType.Rread) return undefined;
+  if (u32At(frame, 0) !== frame.length) return undefined;
+  const count = u32At(frame, 7);
+  return RREAD_HEADER_BYTES + count === frame.length ? count : undefined;
+}
+
+/**
+ * The count of `frame` if it is a well-formed Rwrite (what {@link decode}
+ * gives as `count`), or undefined for anything else; the tag is
+ * {@link frameTag}. Like {@link rreadDataBytes}, without a message object.
+ */
+export function rwriteCount(frame: Uint8Array): number | undefined {
+  if (frame.length !== RWRITE_BYTES || frame[4] !== MsgType.Rwrite) return undefined;
+  return u32At(frame, 0) === RWRITE_BYTES ? u32At(frame, 7) : undefined;
 }
 
 /** One directory entry as an Rreaddir's data carries it. */

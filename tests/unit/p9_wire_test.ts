@@ -20,6 +20,7 @@ import {
   encodeTwriteHeader,
   finishRread,
   frameSize,
+  frameTag,
   HEADER_BYTES,
   layouts,
   MAXWELEM,
@@ -31,6 +32,8 @@ import {
   peekHeader,
   QidType,
   RREAD_HEADER_BYTES,
+  rreadDataBytes,
+  rwriteCount,
 } from "../../lib/p9/wire.ts";
 
 /** Bytes from hex, spaces ignored; each argument is one field (or a group of fields). */
@@ -751,6 +754,93 @@ Deno.test("allocRread filled and trimmed by finishRread is the general encoder's
 
 Deno.test("finishRread refuses more data than its frame has room for", () => {
   assert.throws(() => finishRread(allocRread(1, 10), 11), RangeError);
+});
+
+/** What {@link decode} says `frame` is, in the terms of the fast decoders. */
+function decodedAs(
+  frame: Uint8Array,
+): { tag: number; rread?: number; rwrite?: number } | undefined {
+  try {
+    const { tag, msg } = decode(frame);
+    if (msg.type === MsgType.Rread) return { tag, rread: msg.data.length };
+    if (msg.type === MsgType.Rwrite) return { tag, rwrite: msg.count };
+    return { tag };
+  } catch (err) {
+    if (err instanceof ProtocolError) return undefined;
+    throw err;
+  }
+}
+
+/** Goldens, and every way of breaking them that a hostile server might send. */
+function fastDecoderCorpus(): Uint8Array[] {
+  const frames: Uint8Array[] = [];
+  const extra = [
+    hex("0b000000", "75", "0100", "00000000"),
+    hex("0c000000", "75", "0200", "01000000 ff"),
+    hex("0c000000", "75", "0200", "02000000 ff"), // count past the end
+    hex("0d000000", "75", "0200", "01000000 ffff"), // count short of the end
+    hex("0b000000", "77", "0300", "ffffffff"),
+    hex("0b000000", "77", "ffff", "00100000"),
+    withSizeField(hex("00000000", "75", "0400", "00000100", ...Array(256).fill("ab"))),
+  ];
+  for (const base of [...goldens.map((g) => g.bytes), ...extra]) {
+    frames.push(base);
+    for (let length = 0; length < base.length; length++) {
+      frames.push(base.slice(0, length), withSizeField(base.slice(0, length)));
+    }
+    const longer = new Uint8Array(base.length + 1);
+    longer.set(base);
+    frames.push(longer, withSizeField(longer));
+    if (base.length >= 5) {
+      for (const type of [MsgType.Rread, MsgType.Rwrite, MsgType.Rlerror, MsgType.Rclunk, 0]) {
+        const retyped = base.slice();
+        retyped[4] = type;
+        frames.push(retyped);
+      }
+    }
+    if (base.length >= 4) {
+      for (const size of [0, base.length - 1, base.length + 1, 0xffffffff]) {
+        const resized = base.slice();
+        new DataView(resized.buffer).setUint32(0, size, true);
+        frames.push(resized);
+      }
+    }
+  }
+  const random = prng(0x5eed);
+  for (let i = 0; i < 3000; i++) {
+    const frame = (i % 2 ? extra[i % extra.length] : goldens[i % goldens.length].bytes).slice();
+    const at = Math.floor(random() * frame.length);
+    frame[at] = Math.floor(random() * 256);
+    frames.push(frame);
+  }
+  return frames;
+}
+
+Deno.test("rreadDataBytes and rwriteCount agree with decode on good and broken frames", () => {
+  let rreads = 0;
+  let rwrites = 0;
+  let others = 0;
+  for (const frame of fastDecoderCorpus()) {
+    const expected = decodedAs(frame);
+    const where = toHex(frame.subarray(0, 40));
+    assert.equal(rreadDataBytes(frame), expected?.rread, `rreadDataBytes of ${where}`);
+    assert.equal(rwriteCount(frame), expected?.rwrite, `rwriteCount of ${where}`);
+    if (expected?.rread !== undefined) {
+      rreads++;
+      assert.equal(frameTag(frame), expected.tag, `tag of ${where}`);
+      assert.deepEqual(
+        frame.subarray(RREAD_HEADER_BYTES),
+        (decode(frame).msg as Message<typeof MsgType.Rread>).data,
+      );
+    } else if (expected?.rwrite !== undefined) {
+      rwrites++;
+      assert.equal(frameTag(frame), expected.tag, `tag of ${where}`);
+    } else others++;
+  }
+  // The corpus has both kinds of well-formed frame, and plenty of the rest.
+  assert.ok(rreads >= 20, `only ${rreads} well-formed Rreads`);
+  assert.ok(rwrites >= 10, `only ${rwrites} well-formed Rwrites`);
+  assert.ok(others >= 1000, `only ${others} other frames`);
 });
 
 Deno.test("peekHeader gives the type and tag that decode finds, and refuses a short header", () => {
