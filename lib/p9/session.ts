@@ -20,6 +20,7 @@ import {
   encode,
   encodeTread,
   encodeTwriteHeader,
+  frameTag,
   IOHDRSZ,
   MAXWELEM,
   type Message,
@@ -29,6 +30,8 @@ import {
   NOTAG,
   type Qid,
   RREAD_HEADER_BYTES,
+  rreadDataBytes,
+  rwriteCount,
   VERSION_9P2000L,
 } from "./wire.ts";
 
@@ -46,8 +49,6 @@ export interface SessionOptions {
 
 /** Smallest msize worth using: room for a header and a useful payload. */
 const MIN_MSIZE = 4096;
-/** Bytes of an Rwrite: size[4] type[1] tag[2] count[4]. */
-const RWRITE_BYTES = 11;
 /** Largest batch of small frames coalesced into one socket write. */
 const BATCH_BYTES = 256 * 1024;
 
@@ -81,13 +82,10 @@ interface RequestOptions {
 
 const NO_OPTIONS: RequestOptions = {};
 
-/** Counters a session keeps for `list` and benchmarks. */
+/** Counters a session keeps. */
 export interface SessionStats {
-  requests: number;
-  reads: number;
-  writes: number;
+  /** Data bytes that Rreads brought. */
   bytesRead: number;
-  bytesWritten: number;
 }
 
 /** A 9P2000.L client session. */
@@ -95,13 +93,7 @@ export class Session {
   readonly label: string;
   readonly timeoutMs: number;
   readonly maxInflight: number;
-  readonly stats: SessionStats = {
-    requests: 0,
-    reads: 0,
-    writes: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-  };
+  readonly stats: SessionStats = { bytesRead: 0 };
   #msize: number;
   readonly #stream: ByteStream;
   readonly #reader: FrameReader;
@@ -315,7 +307,6 @@ export class Session {
       this.#die(new ProtocolError(`Rwrite count ${reply.count} exceeds the ${data.length} sent`));
       throw this.#death!;
     }
-    this.stats.bytesWritten += reply.count;
     return reply.count;
   }
 
@@ -363,7 +354,6 @@ export class Session {
       signal.addEventListener("abort", entry.onAbort, { once: true });
     }
     this.#pending.set(tag, entry);
-    this.stats.requests++;
     if (frame instanceof Uint8Array) this.#send(frame);
     else for (const piece of frame) this.#send(piece);
     return await promise;
@@ -504,8 +494,7 @@ export class Session {
 
   /** Route one reply to its waiter. Runs synchronously: `frame` is reused after. */
   #dispatch(frame: Uint8Array): void {
-    if (frame[4] === MsgType.Rread && this.#dispatchRread(frame)) return;
-    if (frame[4] === MsgType.Rwrite && this.#dispatchRwrite(frame)) return;
+    if (this.#dispatchRread(frame) || this.#dispatchRwrite(frame)) return;
     const { tag, msg } = decode(frame);
     const entry = this.#pending.get(tag);
     if (!entry) throw new ProtocolError(`reply ${msgTypeName(msg.type)} with unknown tag ${tag}`);
@@ -540,7 +529,6 @@ export class Session {
       } else {
         msg.data = data.slice();
       }
-      this.stats.reads++;
       this.stats.bytesRead += data.length;
     }
     this.#resolve(entry, msg);
@@ -548,13 +536,13 @@ export class Session {
 
   /** Like {@link #dispatchRread}: a well-formed Rwrite for a pending Twrite, or false. */
   #dispatchRwrite(frame: Uint8Array): boolean {
-    if (frame.length !== RWRITE_BYTES) return false;
-    const entry = this.#pending.get(frame[5] | frame[6] << 8);
+    const count = rwriteCount(frame);
+    if (count === undefined) return false;
+    const tag = frameTag(frame);
+    const entry = this.#pending.get(tag);
     if (!entry || entry.expect !== MsgType.Rwrite || entry.flushed) return false;
-    const tag = frame[5] | frame[6] << 8;
     this.#pending.delete(tag);
     this.#freeTag(tag);
-    const count = (frame[7] | frame[8] << 8 | frame[9] << 16 | frame[10] << 24) >>> 0;
     this.#resolve(entry, { type: MsgType.Rwrite, count });
     return true;
   }
@@ -566,17 +554,15 @@ export class Session {
    * is wrong with it).
    */
   #dispatchRread(frame: Uint8Array): boolean {
-    if (frame.length < RREAD_HEADER_BYTES) return false;
-    const count = (frame[7] | frame[8] << 8 | frame[9] << 16 | frame[10] << 24) >>> 0;
-    if (RREAD_HEADER_BYTES + count !== frame.length) return false;
-    const tag = frame[5] | frame[6] << 8;
+    const count = rreadDataBytes(frame);
+    if (count === undefined) return false;
+    const tag = frameTag(frame);
     const entry = this.#pending.get(tag);
     if (!entry || entry.expect !== MsgType.Rread || !entry.sink || entry.flushed) return false;
     if (count > entry.sink.length) return false;
     this.#pending.delete(tag);
     this.#freeTag(tag);
     entry.sink.set(frame.subarray(RREAD_HEADER_BYTES));
-    this.stats.reads++;
     this.stats.bytesRead += count;
     this.#resolve(entry, { type: MsgType.Rread, data: entry.sink.subarray(0, count) });
     return true;

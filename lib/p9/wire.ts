@@ -14,7 +14,11 @@
 
 import { ProtocolError } from "../errors.ts";
 
-/** Message type numbers (T = request, R = reply = T + 1). */
+/**
+ * Message type numbers (T = request, R = reply = T + 1), as Linux
+ * include/net/9p/9p.h numbers them. Types without a row in {@link layouts}
+ * are named for logs and for a server to refuse, but not decoded.
+ */
 export const MsgType = {
   Tlerror: 6,
   Rlerror: 7,
@@ -28,10 +32,23 @@ export const MsgType = {
   Rstatfs: 9,
   Tlopen: 12,
   Rlopen: 13,
+  Tlcreate: 14,
+  Tsymlink: 16,
+  Tmknod: 18,
+  Trename: 20,
   Tgetattr: 24,
   Rgetattr: 25,
+  Tsetattr: 26,
+  Txattrwalk: 30,
+  Txattrcreate: 32,
+  Treaddir: 40,
+  Rreaddir: 41,
   Tfsync: 50,
   Rfsync: 51,
+  Tlink: 70,
+  Tmkdir: 72,
+  Trenameat: 74,
+  Tunlinkat: 76,
   Tversion: 100,
   Rversion: 101,
   Tauth: 102,
@@ -48,6 +65,7 @@ export const MsgType = {
   Rwrite: 119,
   Tclunk: 120,
   Rclunk: 121,
+  Tremove: 122,
 } as const;
 
 /** Name of a message type number, for logs and errors. */
@@ -99,6 +117,28 @@ export interface Qid {
   type: number;
   version: number;
   path: bigint;
+}
+
+/** Qid type bits. */
+export const QidType = { DIR: 0x80, FILE: 0 } as const;
+
+/** Bytes of a qid: type[1] version[4] path[8]. */
+const QID_BYTES = 13;
+
+/** Write `qid` at `at`: the one place the qid layout is written. */
+function putQid(view: DataView, at: number, qid: Qid): void {
+  view.setUint8(at, qid.type);
+  view.setUint32(at + 1, qid.version, true);
+  view.setBigUint64(at + 5, qid.path, true);
+}
+
+/** Read the qid at `at` (the caller has checked the bytes are there). */
+function getQid(view: DataView, at: number): Qid {
+  return {
+    type: view.getUint8(at),
+    version: view.getUint32(at + 1, true),
+    path: view.getBigUint64(at + 5, true),
+  };
 }
 
 /** Every field kind a 9P2000.L message is made of. */
@@ -159,6 +199,9 @@ export const layouts = {
     ["gen", "u64"],
     ["dataVersion", "u64"],
   ],
+  [MsgType.Treaddir]: [["fid", "u32"], ["offset", "u64"], ["count", "u32"]],
+  /** `data` is a list of directory entries: see {@link encodeDirents}. */
+  [MsgType.Rreaddir]: [["data", "data"]],
   [MsgType.Tfsync]: [["fid", "u32"], ["datasync", "u32"]],
   [MsgType.Rfsync]: [],
   [MsgType.Tversion]: [["msize", "u32"], ["version", "str"]],
@@ -205,6 +248,20 @@ export interface Frame {
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
+/** The UTF-8 bytes of a 9P string, refusing what its 16-bit length cannot count. */
+function stringBytes(value: string): Uint8Array {
+  const bytes = utf8Encoder.encode(value);
+  if (bytes.length > 0xffff) throw new RangeError("9P string longer than 65535 bytes");
+  return bytes;
+}
+
+/** Write a 9P string (`length[2]` then the bytes) at `at`; returns the bytes written. */
+function putString(frame: Uint8Array, view: DataView, at: number, bytes: Uint8Array): number {
+  view.setUint16(at, bytes.length, true);
+  frame.set(bytes, at + 2);
+  return 2 + bytes.length;
+}
+
 function layoutOf(type: number): Layout {
   const layout = (layouts as Record<number, Layout | undefined>)[type];
   if (!layout) throw new ProtocolError(`unknown 9P message type ${type}`);
@@ -223,10 +280,9 @@ function fieldBytes(kind: FieldKind, value: unknown, strings: Uint8Array[]): num
     case "u64":
       return 8;
     case "qid":
-      return 13;
+      return QID_BYTES;
     case "str": {
-      const bytes = utf8Encoder.encode(value as string);
-      if (bytes.length > 0xffff) throw new RangeError("9P string longer than 65535 bytes");
+      const bytes = stringBytes(value as string);
       strings.push(bytes);
       return 2 + bytes.length;
     }
@@ -240,15 +296,20 @@ function fieldBytes(kind: FieldKind, value: unknown, strings: Uint8Array[]): num
     case "qids": {
       const qids = value as Qid[];
       if (qids.length > MAXWELEM) throw new RangeError(`more than ${MAXWELEM} qids`);
-      return 2 + 13 * qids.length;
+      return 2 + QID_BYTES * qids.length;
     }
     case "data":
       return 4 + (value as Uint8Array).length;
   }
 }
 
-/** Bytes of an Rread before its data: size[4] type[1] tag[2] count[4]. */
-export const RREAD_HEADER_BYTES = 11;
+/**
+ * Bytes of an Rread before its data: size[4] type[1] tag[2] count[4]. An
+ * Rreaddir's header is the same.
+ */
+export const RREAD_HEADER_BYTES = HEADER_BYTES + 4;
+/** Bytes of an Rwrite: size[4] type[1] tag[2] count[4]. */
+export const RWRITE_BYTES = HEADER_BYTES + 4;
 /** Bytes of a Tread: size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
 export const TREAD_BYTES = 23;
 
@@ -303,6 +364,33 @@ export function encodeTread(tag: number, fid: number, offset: number, count: num
   return frame;
 }
 
+/**
+ * An Rread frame with room for `capacity` data bytes after
+ * {@link RREAD_HEADER_BYTES}, for a server to read file data straight into;
+ * {@link finishRread} then trims it to what was read.
+ */
+export function allocRread(tag: number, capacity: number): Uint8Array {
+  const frame = new Uint8Array(RREAD_HEADER_BYTES + capacity);
+  frame[4] = MsgType.Rread;
+  frame[5] = tag & 0xff;
+  frame[6] = tag >> 8;
+  return frame;
+}
+
+/**
+ * The Rread from {@link allocRread} holding its first `count` data bytes:
+ * byte for byte what {@link encode} makes of `{ type: Rread, data }`.
+ */
+export function finishRread(frame: Uint8Array, count: number): Uint8Array {
+  if (count > frame.length - RREAD_HEADER_BYTES) {
+    throw new RangeError(`Rread of ${count} bytes in a frame with room for fewer`);
+  }
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  view.setUint32(0, RREAD_HEADER_BYTES + count, true);
+  view.setUint32(7, count, true);
+  return frame.subarray(0, RREAD_HEADER_BYTES + count);
+}
+
 /** Encode one message with its tag into a complete frame. */
 export function encode(tag: number, msg: Message): Uint8Array {
   const layout = layoutOf(msg.type);
@@ -317,18 +405,6 @@ export function encode(tag: number, msg: Message): Uint8Array {
   view.setUint16(5, tag, true);
   let pos = HEADER_BYTES;
   let nextString = 0;
-  const putString = () => {
-    const bytes = strings[nextString++];
-    view.setUint16(pos, bytes.length, true);
-    frame.set(bytes, pos + 2);
-    pos += 2 + bytes.length;
-  };
-  const putQid = (qid: Qid) => {
-    view.setUint8(pos, qid.type);
-    view.setUint32(pos + 1, qid.version, true);
-    view.setBigUint64(pos + 5, qid.path, true);
-    pos += 13;
-  };
   for (const [name, kind] of layout) {
     const value = fields[name];
     switch (kind) {
@@ -349,20 +425,26 @@ export function encode(tag: number, msg: Message): Uint8Array {
         pos += 8;
         break;
       case "str":
-        putString();
+        pos += putString(frame, view, pos, strings[nextString++]);
         break;
       case "qid":
-        putQid(value as Qid);
+        putQid(view, pos, value as Qid);
+        pos += QID_BYTES;
         break;
       case "strs":
         view.setUint16(pos, (value as string[]).length, true);
         pos += 2;
-        for (let i = 0; i < (value as string[]).length; i++) putString();
+        for (let i = 0; i < (value as string[]).length; i++) {
+          pos += putString(frame, view, pos, strings[nextString++]);
+        }
         break;
       case "qids":
         view.setUint16(pos, (value as Qid[]).length, true);
         pos += 2;
-        for (const qid of value as Qid[]) putQid(qid);
+        for (const qid of value as Qid[]) {
+          putQid(view, pos, qid);
+          pos += QID_BYTES;
+        }
         break;
       case "data": {
         const data = value as Uint8Array;
@@ -423,12 +505,7 @@ class Reader {
     }
   }
   qid(what: string): Qid {
-    const at = this.#need(13, what);
-    return {
-      type: this.#view.getUint8(at),
-      version: this.#view.getUint32(at + 1, true),
-      path: this.#view.getBigUint64(at + 5, true),
-    };
+    return getQid(this.#view, this.#need(QID_BYTES, what));
   }
   /** A view (not a copy) of `count[4]` bytes: valid as long as the frame's buffer is. */
   data(what: string): Uint8Array {
@@ -452,6 +529,22 @@ export function frameSize(header: Uint8Array, maxBytes: number): number {
   return size;
 }
 
+/** The type and tag of a frame whose size has been checked; the body is not looked at. */
+export function peekHeader(frame: Uint8Array): { type: number; tag: number } {
+  if (frame.length < HEADER_BYTES) throw new ProtocolError("truncated 9P frame header");
+  return { type: frame[4], tag: frameTag(frame) };
+}
+
+/** The tag of a frame known to hold a whole header. */
+export function frameTag(frame: Uint8Array): number {
+  return frame[5] | (frame[6] << 8);
+}
+
+/** The little-endian u32 at `at` of bytes known to hold it, read without a DataView. */
+function u32At(bytes: Uint8Array, at: number): number {
+  return (bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16 | bytes[at + 3] << 24) >>> 0;
+}
+
 /**
  * Decode one complete frame. `frame` must be exactly the frame (its size
  * field must equal its length). Byte fields (Rread/Twrite data) are views
@@ -463,7 +556,7 @@ export function decode(frame: Uint8Array): Frame {
     throw new ProtocolError(`9P frame size field ${size} does not match its ${frame.length} bytes`);
   }
   const type = frame[4];
-  const tag = frame[5] | (frame[6] << 8);
+  const tag = frameTag(frame);
   const layout = layoutOf(type);
   const reader = new Reader(frame, HEADER_BYTES);
   const msg: Record<string, unknown> = { type };
@@ -511,4 +604,94 @@ export function decode(frame: Uint8Array): Frame {
     );
   }
   return { tag, msg: msg as unknown as Message };
+}
+
+/**
+ * The data length of `frame` if it is a well-formed Rread (what {@link decode}
+ * gives as `data.length`), or undefined for anything else, which
+ * {@link decode} then explains. The data is `frame.subarray(RREAD_HEADER_BYTES)`
+ * and the tag {@link frameTag}: reads are the hot path, and this makes no
+ * message object.
+ */
+export function rreadDataBytes(frame: Uint8Array): number | undefined {
+  if (frame.length < RREAD_HEADER_BYTES || frame[4] !== MsgType.Rread) return undefined;
+  if (u32At(frame, 0) !== frame.length) return undefined;
+  const count = u32At(frame, 7);
+  return RREAD_HEADER_BYTES + count === frame.length ? count : undefined;
+}
+
+/**
+ * The count of `frame` if it is a well-formed Rwrite (what {@link decode}
+ * gives as `count`), or undefined for anything else; the tag is
+ * {@link frameTag}. Like {@link rreadDataBytes}, without a message object.
+ */
+export function rwriteCount(frame: Uint8Array): number | undefined {
+  if (frame.length !== RWRITE_BYTES || frame[4] !== MsgType.Rwrite) return undefined;
+  return u32At(frame, 0) === RWRITE_BYTES ? u32At(frame, 7) : undefined;
+}
+
+/** One directory entry as an Rreaddir's data carries it. */
+export interface Dirent {
+  qid: Qid;
+  /** The cookie a client passes as Treaddir offset to continue after this entry. */
+  offset: bigint;
+  /** A `d_type` value ({@link DirentType}). */
+  type: number;
+  name: string;
+}
+
+/** `d_type` values. */
+export const DirentType = { DIR: 4, REG: 8 } as const;
+
+/** Bytes of a dirent before its name's bytes: qid[13] offset[8] type[1] name length[2]. */
+const DIRENT_HEADER_BYTES = QID_BYTES + 8 + 1 + 2;
+
+/**
+ * The data of an Rreaddir holding as many of `entries` as fit in
+ * `maxBytes`, from the first on; `taken` says how many that is (0 when even
+ * the first does not fit).
+ */
+export function encodeDirents(
+  entries: readonly Dirent[],
+  maxBytes: number,
+): { data: Uint8Array; taken: number } {
+  const names: Uint8Array[] = [];
+  let size = 0;
+  for (const entry of entries) {
+    const name = stringBytes(entry.name);
+    if (size + DIRENT_HEADER_BYTES + name.length > maxBytes) break;
+    names.push(name);
+    size += DIRENT_HEADER_BYTES + name.length;
+  }
+  const data = new Uint8Array(size);
+  const view = new DataView(data.buffer);
+  let pos = 0;
+  for (const [i, name] of names.entries()) {
+    const { qid, offset, type } = entries[i];
+    putQid(view, pos, qid);
+    pos += QID_BYTES;
+    view.setBigUint64(pos, offset, true);
+    view.setUint8(pos + 8, type);
+    pos += 9;
+    pos += putString(data, view, pos, name);
+  }
+  return { data, taken: names.length };
+}
+
+/**
+ * The entries of an Rreaddir's data (a client's side). An entry cut short
+ * or a name of ill-formed UTF-8 raises {@link ProtocolError}.
+ */
+export function decodeDirents(data: Uint8Array): Dirent[] {
+  const reader = new Reader(data, 0);
+  const entries: Dirent[] = [];
+  while (reader.remaining > 0) {
+    entries.push({
+      qid: reader.qid("dirent qid"),
+      offset: reader.u64("dirent offset"),
+      type: reader.u8("dirent type"),
+      name: reader.str("dirent name"),
+    });
+  }
+  return entries;
 }

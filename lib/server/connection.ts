@@ -22,7 +22,7 @@
 import { describeError, P9Error, ProtocolError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { type ByteStream, FrameReader, writeAll } from "../p9/transport.ts";
-import { decode, encode, IOHDRSZ, MsgType, msgTypeName, NOTAG } from "../p9/wire.ts";
+import { decode, encode, MsgType, msgTypeName, NOTAG, peekHeader } from "../p9/wire.ts";
 import { Errno, type ExportTable } from "./exports.ts";
 import { FidTable } from "./fids.ts";
 import {
@@ -32,7 +32,6 @@ import {
   mutatingTypes,
   type Request,
 } from "./handlers.ts";
-import { decodeTreaddir, LocalType, peekHeader } from "./wire_local.ts";
 
 const log = logger("server");
 
@@ -155,14 +154,9 @@ export class Connection implements HandlerContext {
       this.#start(tag, () => Promise.reject(new P9Error(errno, msgTypeName(type))));
       return;
     }
-    let request: Request;
-    if (type === LocalType.Treaddir) {
-      request = { type: LocalType.Treaddir, ...decodeTreaddir(frame) };
-    } else {
-      request = decode(frame).msg as Request;
-      // The frame's bytes are reused by the next read: keep a copy of the payload.
-      if (request.type === MsgType.Twrite) request = { ...request, data: request.data.slice() };
-    }
+    let request = decode(frame).msg as Request;
+    // The frame's bytes are reused by the next read: keep a copy of the payload.
+    if (request.type === MsgType.Twrite) request = { ...request, data: request.data.slice() };
     this.#start(tag, () => handle(this, tag, request));
   }
 
@@ -281,9 +275,4 @@ export class Connection implements HandlerContext {
       this.#sending = false;
     }
   }
-}
-
-/** The payload bytes a Tread may ask for at `msize` (for tests and docs). */
-export function maxPayload(msize: number): number {
-  return msize - IOHDRSZ;
 }

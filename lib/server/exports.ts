@@ -22,7 +22,7 @@ import { open as openFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
 import { P9Error } from "../errors.ts";
-import type { Qid } from "../p9/wire.ts";
+import { type Qid, QidType } from "../p9/wire.ts";
 
 /** Linux errnos the server answers with. */
 export const Errno = {
@@ -41,9 +41,6 @@ export const Errno = {
   EPROTO: 71,
   EOPNOTSUPP: 95,
 } as const;
-
-/** Qid type bits. */
-export const QidType = { DIR: 0x80, FILE: 0 } as const;
 
 /** One exported path. */
 export interface ExportRoot {

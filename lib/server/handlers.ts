@@ -8,17 +8,21 @@
 
 import { statfs } from "node:fs/promises";
 import { P9Error } from "../errors.ts";
-import { encode, GetattrMask, type Message, MsgType, NOFID } from "../p9/wire.ts";
-import { Errno, type ExportTable, openNode } from "./exports.ts";
-import { Fid, type FidTable } from "./fids.ts";
 import {
   allocRread,
   DirentType,
-  encodeRreaddir,
+  encode,
+  encodeDirents,
   finishRread,
+  GetattrMask,
+  type Message,
+  MsgType,
+  NOFID,
+  QidType,
   RREAD_HEADER_BYTES,
-  type Treaddir,
-} from "./wire_local.ts";
+} from "../p9/wire.ts";
+import { Errno, type ExportTable, openNode } from "./exports.ts";
+import { Fid, type FidTable } from "./fids.ts";
 
 /** What a handler may look at: the connection's state. */
 export interface HandlerContext {
@@ -30,20 +34,19 @@ export interface HandlerContext {
 }
 
 /** A request the server handles, decoded. */
-export type Request =
-  | Message<
-    | typeof MsgType.Tattach
-    | typeof MsgType.Twalk
-    | typeof MsgType.Tgetattr
-    | typeof MsgType.Tlopen
-    | typeof MsgType.Tread
-    | typeof MsgType.Twrite
-    | typeof MsgType.Tfsync
-    | typeof MsgType.Tclunk
-    | typeof MsgType.Tstatfs
-    | typeof MsgType.Tauth
-  >
-  | ({ type: 40 } & Treaddir);
+export type Request = Message<
+  | typeof MsgType.Tattach
+  | typeof MsgType.Twalk
+  | typeof MsgType.Tgetattr
+  | typeof MsgType.Tlopen
+  | typeof MsgType.Tread
+  | typeof MsgType.Twrite
+  | typeof MsgType.Tfsync
+  | typeof MsgType.Tclunk
+  | typeof MsgType.Tstatfs
+  | typeof MsgType.Tauth
+  | typeof MsgType.Treaddir
+>;
 
 /** The T message types {@link handle} takes (Tversion and Tflush are the connection's). */
 export const handledTypes: ReadonlySet<number> = new Set([
@@ -57,26 +60,25 @@ export const handledTypes: ReadonlySet<number> = new Set([
   MsgType.Tclunk,
   MsgType.Tstatfs,
   MsgType.Tauth,
-  40,
+  MsgType.Treaddir,
 ]);
 
 /**
- * Requests that would change the file system (Tlcreate, Tsymlink, Tmknod,
- * Trename, Tsetattr, Txattrcreate, Tlink, Tmkdir, Trenameat, Tunlinkat,
- * Tremove): EROFS on a read-only export, EOPNOTSUPP otherwise.
+ * Requests that would change the file system: EROFS on a read-only export,
+ * EOPNOTSUPP otherwise.
  */
 export const mutatingTypes: ReadonlySet<number> = new Set([
-  14,
-  16,
-  18,
-  20,
-  26,
-  32,
-  70,
-  72,
-  74,
-  76,
-  122,
+  MsgType.Tlcreate,
+  MsgType.Tsymlink,
+  MsgType.Tmknod,
+  MsgType.Trename,
+  MsgType.Tsetattr,
+  MsgType.Txattrcreate,
+  MsgType.Tlink,
+  MsgType.Tmkdir,
+  MsgType.Trenameat,
+  MsgType.Tunlinkat,
+  MsgType.Tremove,
 ]);
 
 /** Linux open(2) bits Tlopen carries that matter here. */
@@ -86,6 +88,8 @@ const O_TRUNC = 0o1000;
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
+/** Linux NAME_MAX: the longest file name, as Rstatfs reports it. */
+const NAME_MAX = 255;
 
 /** Handle one request; a {@link P9Error} it throws becomes Rlerror. */
 export async function handle(ctx: HandlerContext, tag: number, msg: Request): Promise<Uint8Array> {
@@ -220,10 +224,10 @@ export async function handle(ctx: HandlerContext, tag: number, msg: Request): Pr
         files: fs.files,
         ffree: fs.ffree,
         fsid: 0n,
-        namelen: 255,
+        namelen: NAME_MAX,
       });
     }
-    case 40: {
+    case MsgType.Treaddir: {
       const fid = ctx.fids.get(msg.fid, "readdir");
       const opened = fid.opened;
       if (opened?.kind !== "dir") {
@@ -241,8 +245,9 @@ export async function handle(ctx: HandlerContext, tag: number, msg: Request): Pr
         type: node.stat.isDirectory ? DirentType.DIR : DirentType.REG,
         name: node.names[node.names.length - 1],
       }));
+      // An Rreaddir's header is an Rread's: the data may fill the rest of msize.
       const room = Math.min(msg.count, ctx.msize - RREAD_HEADER_BYTES);
-      return encodeRreaddir(tag, entries, room).frame;
+      return encode(tag, { type: MsgType.Rreaddir, data: encodeDirents(entries, room).data });
     }
   }
 }
@@ -284,7 +289,7 @@ function getattrReply(stat: AnyStat): Message<typeof MsgType.Rgetattr> {
   return {
     type: MsgType.Rgetattr,
     valid: GetattrMask.BASIC,
-    qid: { type: isDirectory ? 0x80 : 0, version: 0, path: big(s.ino) },
+    qid: { type: isDirectory ? QidType.DIR : QidType.FILE, version: 0, path: big(s.ino) },
     mode,
     uid: Number(s.uid ?? 0),
     gid: Number(s.gid ?? 0),

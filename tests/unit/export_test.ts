@@ -11,7 +11,16 @@ import { ConnectionError, P9Error } from "../../lib/errors.ts";
 import { Image } from "../../lib/image.ts";
 import { Session } from "../../lib/p9/session.ts";
 import { FrameReader, writeAll } from "../../lib/p9/transport.ts";
-import { decode, encode, type Frame, MsgType, NOFID, NOTAG } from "../../lib/p9/wire.ts";
+import {
+  decode,
+  decodeDirents,
+  encode,
+  type Frame,
+  type Message,
+  MsgType,
+  NOFID,
+  NOTAG,
+} from "../../lib/p9/wire.ts";
 import { cidrContains, parseCidr } from "../../lib/server/access.ts";
 import {
   type ExportServer,
@@ -19,7 +28,6 @@ import {
   parseListenAddress,
   startExportServer,
 } from "../../lib/server/export.ts";
-import { decodeRreaddir, encodeTreaddir, LocalType } from "../../lib/server/wire_local.ts";
 import { parseSpec } from "../../lib/spec.ts";
 import { randomBytes } from "../support/random.ts";
 
@@ -318,11 +326,11 @@ Deno.test({
         const names: string[] = [];
         let offset = 0n;
         for (;;) {
-          await client.send(encodeTreaddir(3, { fid: 1, offset, count: 60 }));
+          await client.send(encode(3, { type: MsgType.Treaddir, fid: 1, offset, count: 60 }));
           const raw = await client.nextRaw();
           assert.ok(raw);
-          assert.equal(raw[4], LocalType.Rreaddir);
-          const entries = decodeRreaddir(raw);
+          assert.equal(raw[4], MsgType.Rreaddir);
+          const entries = decodeDirents((decode(raw).msg as Message<typeof MsgType.Rreaddir>).data);
           if (entries.length === 0) break;
           names.push(...entries.map((e) => e.name));
           offset = entries[entries.length - 1].offset;

@@ -419,6 +419,48 @@ Deno.test("an Rread carrying more bytes than asked for is a protocol error", asy
   await server.done;
 });
 
+/** Answer the one outstanding request with a `reply` frame carrying `body` as is. */
+async function answerRaw(server: Fake9pServer, reply: number, body: number[]): Promise<void> {
+  await server.waitUntil(() => server.outstanding.size === 1, "one request");
+  const [tag] = server.outstanding.keys();
+  const frame = new Uint8Array(7 + body.length);
+  new DataView(frame.buffer).setUint32(0, frame.length, true);
+  frame.set([reply, tag & 0xff, tag >> 8], 4);
+  frame.set(body, 7);
+  await server.sendRaw(frame);
+}
+
+Deno.test("an Rread whose count runs past its frame is a protocol error", async () => {
+  const { session, server } = await connect(silent, { msize: MSIZE });
+  const read = session.read(1, 0, new Uint8Array(16));
+  await answerRaw(server, MsgType.Rread, [5, 0, 0, 0, 1, 2, 3, 4]);
+  const err = await rejectsWithConnectionError(read);
+  assert.ok(err.cause instanceof ProtocolError, `cause was ${err.cause}`);
+  assert.match(err.message, /truncated 9P frame: data needs 5 bytes, 4 left/);
+  assert.equal(session.closed, true);
+  await server.done;
+});
+
+Deno.test("an Rwrite with a byte after its count is a protocol error", async () => {
+  const { session, server } = await connect(silent, { msize: MSIZE });
+  const write = session.write(1, 0, new Uint8Array(4));
+  await answerRaw(server, MsgType.Rwrite, [4, 0, 0, 0, 0]);
+  const err = await rejectsWithConnectionError(write);
+  assert.ok(err.cause instanceof ProtocolError, `cause was ${err.cause}`);
+  assert.match(err.message, /Rwrite frame has 1 bytes after its last field/);
+  await server.done;
+});
+
+Deno.test("an Rread in reply to a Twrite is a protocol error", async () => {
+  const { session, server } = await connect(silent, { msize: MSIZE });
+  const write = session.write(1, 0, new Uint8Array(4));
+  await answerRaw(server, MsgType.Rread, [0, 0, 0, 0]);
+  const err = await rejectsWithConnectionError(write);
+  assert.ok(err.cause instanceof ProtocolError, `cause was ${err.cause}`);
+  assert.match(err.message, /Rread in reply to a request expecting Rwrite/);
+  await server.done;
+});
+
 Deno.test("an Rwrite claiming more bytes than were sent is a protocol error", async () => {
   const script = withVersion(MSIZE, (request, server) => {
     server.reply(request.tag, { type: MsgType.Rwrite, count: 5 });

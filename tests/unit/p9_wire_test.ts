@@ -9,11 +9,18 @@
 import assert from "node:assert/strict";
 import { ProtocolError } from "../../lib/errors.ts";
 import {
+  allocRread,
   decode,
+  decodeDirents,
+  type Dirent,
+  DirentType,
   encode,
+  encodeDirents,
   encodeTread,
   encodeTwriteHeader,
+  finishRread,
   frameSize,
+  frameTag,
   HEADER_BYTES,
   layouts,
   MAXWELEM,
@@ -22,6 +29,11 @@ import {
   msgTypeName,
   NOFID,
   NOTAG,
+  peekHeader,
+  QidType,
+  RREAD_HEADER_BYTES,
+  rreadDataBytes,
+  rwriteCount,
 } from "../../lib/p9/wire.ts";
 
 /** Bytes from hex, spaces ignored; each argument is one field (or a group of fields). */
@@ -47,6 +59,32 @@ interface Golden {
   msg: Message;
   bytes: Uint8Array;
 }
+
+/** Two directory entries, each qid[13] offset[8] type[1] name[s]: 27 and 29 bytes. */
+const direntBytes = [
+  "80 00000000 0300000000000000",
+  "0100000000000000",
+  "04",
+  "0300 737562", // "sub"
+  "00 02000000 0400000000000000",
+  "0200000000000000",
+  "08",
+  "0500 612e696d67", // "a.img"
+];
+const dirents: Dirent[] = [
+  {
+    qid: { type: QidType.DIR, version: 0, path: 3n },
+    offset: 1n,
+    type: DirentType.DIR,
+    name: "sub",
+  },
+  {
+    qid: { type: QidType.FILE, version: 2, path: 4n },
+    offset: 2n,
+    type: DirentType.REG,
+    name: "a.img",
+  },
+];
 
 // Each frame: size[4] type[1] tag[2], then the body, all little-endian.
 const goldens: Golden[] = [
@@ -167,6 +205,24 @@ const goldens: Golden[] = [
       "0500000000000000", // gen
       "0600000000000000", // data_version
     ),
+  },
+  {
+    name: "Treaddir",
+    tag: 14,
+    msg: { type: MsgType.Treaddir, fid: 1, offset: 2n, count: 60 },
+    bytes: hex("17000000", "28", "0e00", "01000000", "0200000000000000", "3c000000"),
+  },
+  {
+    name: "Rreaddir of two entries",
+    tag: 14,
+    msg: { type: MsgType.Rreaddir, data: hex(...direntBytes) },
+    bytes: hex("43000000", "29", "0e00", "38000000", ...direntBytes),
+  },
+  {
+    name: "Rreaddir at the end of a directory",
+    tag: 15,
+    msg: { type: MsgType.Rreaddir, data: new Uint8Array() },
+    bytes: hex("0b000000", "29", "0f00", "00000000"),
   },
   {
     name: "Tfsync datasync",
@@ -671,4 +727,202 @@ Deno.test("encodeTwriteHeader followed by the data is the general encoder's Twri
     }
   }
   assert.throws(() => encodeTwriteHeader(1, 1, -1, 1), RangeError);
+});
+
+Deno.test("allocRread filled and trimmed by finishRread is the general encoder's Rread", () => {
+  for (const tag of [0, 1, 0x1234, 0xfffe, NOTAG]) {
+    for (const length of [0, 1, 4096, 65000]) {
+      for (const spare of [0, 1, 300]) {
+        const data = new Uint8Array(length).map((_, i) => (i * 7 + tag) & 0xff);
+        const frame = allocRread(tag, length + spare);
+        frame.set(data, RREAD_HEADER_BYTES);
+        // Room past the data holds whatever a short file read left there.
+        frame.fill(0xee, RREAD_HEADER_BYTES + length);
+        assert.deepEqual(
+          finishRread(frame, length),
+          encode(tag, { type: MsgType.Rread, data }),
+          `tag ${tag} length ${length} spare ${spare}`,
+        );
+      }
+    }
+  }
+  assert.deepEqual(
+    finishRread(allocRread(0x0a0b, 8).fill(0xde, RREAD_HEADER_BYTES), 2),
+    hex("0d000000", "75", "0b0a", "02000000 dede"),
+  );
+});
+
+Deno.test("finishRread refuses more data than its frame has room for", () => {
+  assert.throws(() => finishRread(allocRread(1, 10), 11), RangeError);
+});
+
+/** What {@link decode} says `frame` is, in the terms of the fast decoders. */
+function decodedAs(
+  frame: Uint8Array,
+): { tag: number; rread?: number; rwrite?: number } | undefined {
+  try {
+    const { tag, msg } = decode(frame);
+    if (msg.type === MsgType.Rread) return { tag, rread: msg.data.length };
+    if (msg.type === MsgType.Rwrite) return { tag, rwrite: msg.count };
+    return { tag };
+  } catch (err) {
+    if (err instanceof ProtocolError) return undefined;
+    throw err;
+  }
+}
+
+/** Goldens, and every way of breaking them that a hostile server might send. */
+function fastDecoderCorpus(): Uint8Array[] {
+  const frames: Uint8Array[] = [];
+  const extra = [
+    hex("0b000000", "75", "0100", "00000000"),
+    hex("0c000000", "75", "0200", "01000000 ff"),
+    hex("0c000000", "75", "0200", "02000000 ff"), // count past the end
+    hex("0d000000", "75", "0200", "01000000 ffff"), // count short of the end
+    hex("0b000000", "77", "0300", "ffffffff"),
+    hex("0b000000", "77", "ffff", "00100000"),
+    withSizeField(hex("00000000", "75", "0400", "00000100", ...Array(256).fill("ab"))),
+  ];
+  for (const base of [...goldens.map((g) => g.bytes), ...extra]) {
+    frames.push(base);
+    for (let length = 0; length < base.length; length++) {
+      frames.push(base.slice(0, length), withSizeField(base.slice(0, length)));
+    }
+    const longer = new Uint8Array(base.length + 1);
+    longer.set(base);
+    frames.push(longer, withSizeField(longer));
+    if (base.length >= 5) {
+      for (const type of [MsgType.Rread, MsgType.Rwrite, MsgType.Rlerror, MsgType.Rclunk, 0]) {
+        const retyped = base.slice();
+        retyped[4] = type;
+        frames.push(retyped);
+      }
+    }
+    if (base.length >= 4) {
+      for (const size of [0, base.length - 1, base.length + 1, 0xffffffff]) {
+        const resized = base.slice();
+        new DataView(resized.buffer).setUint32(0, size, true);
+        frames.push(resized);
+      }
+    }
+  }
+  const random = prng(0x5eed);
+  for (let i = 0; i < 3000; i++) {
+    const frame = (i % 2 ? extra[i % extra.length] : goldens[i % goldens.length].bytes).slice();
+    const at = Math.floor(random() * frame.length);
+    frame[at] = Math.floor(random() * 256);
+    frames.push(frame);
+  }
+  return frames;
+}
+
+Deno.test("rreadDataBytes and rwriteCount agree with decode on good and broken frames", () => {
+  let rreads = 0;
+  let rwrites = 0;
+  let others = 0;
+  for (const frame of fastDecoderCorpus()) {
+    const expected = decodedAs(frame);
+    const where = toHex(frame.subarray(0, 40));
+    assert.equal(rreadDataBytes(frame), expected?.rread, `rreadDataBytes of ${where}`);
+    assert.equal(rwriteCount(frame), expected?.rwrite, `rwriteCount of ${where}`);
+    if (expected?.rread !== undefined) {
+      rreads++;
+      assert.equal(frameTag(frame), expected.tag, `tag of ${where}`);
+      assert.deepEqual(
+        frame.subarray(RREAD_HEADER_BYTES),
+        (decode(frame).msg as Message<typeof MsgType.Rread>).data,
+      );
+    } else if (expected?.rwrite !== undefined) {
+      rwrites++;
+      assert.equal(frameTag(frame), expected.tag, `tag of ${where}`);
+    } else others++;
+  }
+  // The corpus has both kinds of well-formed frame, and plenty of the rest.
+  assert.ok(rreads >= 20, `only ${rreads} well-formed Rreads`);
+  assert.ok(rwrites >= 10, `only ${rwrites} well-formed Rwrites`);
+  assert.ok(others >= 1000, `only ${others} other frames`);
+});
+
+Deno.test("peekHeader gives the type and tag that decode finds, and refuses a short header", () => {
+  for (const golden of goldens) {
+    assert.deepEqual(peekHeader(golden.bytes), { type: golden.msg.type, tag: golden.tag });
+  }
+  for (let length = 0; length < HEADER_BYTES; length++) {
+    assert.throws(() => peekHeader(new Uint8Array(length)), ProtocolError, `${length} bytes`);
+  }
+});
+
+Deno.test("message types are numbered as in Linux include/net/9p/9p.h, and named", () => {
+  const linux: [string, number][] = [
+    ["Tlcreate", 14],
+    ["Tsymlink", 16],
+    ["Tmknod", 18],
+    ["Trename", 20],
+    ["Tsetattr", 26],
+    ["Txattrwalk", 30],
+    ["Txattrcreate", 32],
+    ["Treaddir", 40],
+    ["Rreaddir", 41],
+    ["Tlink", 70],
+    ["Tmkdir", 72],
+    ["Trenameat", 74],
+    ["Tunlinkat", 76],
+    ["Tremove", 122],
+  ];
+  for (const [name, number] of linux) {
+    assert.equal((MsgType as Record<string, number>)[name], number, name);
+    assert.equal(msgTypeName(number), name);
+  }
+});
+
+Deno.test("encodeDirents makes the golden entries' bytes and decodeDirents reads them back", () => {
+  const { data, taken } = encodeDirents(dirents, 1 << 20);
+  assert.equal(toHex(data), toHex(hex(...direntBytes)));
+  assert.equal(taken, 2);
+  assert.deepStrictEqual(decodeDirents(hex(...direntBytes)), dirents);
+  assert.deepStrictEqual(decodeDirents(new Uint8Array()), []);
+});
+
+Deno.test("encodeDirents takes as many entries as fit its byte budget", () => {
+  const golden = hex(...direntBytes);
+  for (const [budget, count] of [[0, 0], [26, 0], [27, 1], [55, 1], [56, 2], [57, 2]]) {
+    const { data, taken } = encodeDirents(dirents, budget);
+    assert.equal(taken, count, `budget ${budget}`);
+    assert.ok(data.length <= budget, `budget ${budget}`);
+    assert.deepEqual(data, golden.subarray(0, data.length), `budget ${budget}`);
+    assert.deepStrictEqual(decodeDirents(data), dirents.slice(0, count), `budget ${budget}`);
+  }
+});
+
+Deno.test("dirent data cut inside an entry is a protocol error", () => {
+  const golden = hex(...direntBytes);
+  for (let length = 0; length <= golden.length; length++) {
+    const cut = golden.slice(0, length);
+    if (length === 0 || length === 27 || length === golden.length) {
+      assert.equal(decodeDirents(cut).length, length === 0 ? 0 : length === 27 ? 1 : 2);
+    } else {
+      assert.throws(() => decodeDirents(cut), ProtocolError, `${length} bytes`);
+    }
+  }
+});
+
+Deno.test("a dirent name of ill-formed UTF-8 is a protocol error", () => {
+  const bad = hex("00 00000000 0100000000000000", "0100000000000000", "08", "0200 c080");
+  assert.throws(() => decodeDirents(bad), ProtocolError);
+});
+
+Deno.test("random dirent data decodes to entries or fails with a protocol error, nothing else", () => {
+  const random = prng(0xd1e);
+  let decoded = 0;
+  for (let i = 0; i < 2000; i++) {
+    const data = hex(...direntBytes).subarray(0, Math.floor(random() * 57));
+    for (let j = 0; j < 3; j++) data[Math.floor(random() * data.length)] = random() * 256;
+    try {
+      decodeDirents(data);
+      decoded++;
+    } catch (err) {
+      assert.ok(err instanceof ProtocolError, `${toHex(data)}: ${err}`);
+    }
+  }
+  assert.ok(decoded > 10, `only ${decoded} decoded`);
 });
