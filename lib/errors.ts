@@ -6,7 +6,7 @@
  * @module
  */
 
-import { errnoName } from "./p9/errno.ts";
+import { errnoName } from "./errno.ts";
 
 /** Documented exit codes of the `9nbd` command (see README "Exit codes"). */
 export const ExitCode = {

@@ -17,7 +17,7 @@
  */
 
 import { P9Error, ProtocolError } from "../errors.ts";
-import { errnoNumber } from "../p9/errno.ts";
+import { errnoNumber } from "../errno.ts";
 
 /** Magic number that starts every request. */
 export const REQUEST_MAGIC = 0x25609513;

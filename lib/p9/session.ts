@@ -13,7 +13,7 @@
  */
 
 import { ConnectionError, describeError, P9Error, ProtocolError, TimeoutError } from "../errors.ts";
-import { errnoName, maxErrno } from "./errno.ts";
+import { errnoName, maxErrno } from "../errno.ts";
 import { type ByteStream, FrameReader, writeAll } from "./transport.ts";
 import {
   decode,
