@@ -7,11 +7,11 @@
  * @module
  */
 
+import { dial, formatAddress } from "./address.ts";
 import type { BlockBackend } from "./backend.ts";
 import { Errno } from "./errno.ts";
 import { type ConnectionError, ErrnoError, inServer, P9Error, ProtocolError } from "./errors.ts";
 import { Session } from "./p9/session.ts";
-import { dial, formatAddress } from "./p9/transport.ts";
 import { GetattrMask, OpenFlags, type Qid } from "./p9/wire.ts";
 import type { Spec } from "./spec.ts";
 
