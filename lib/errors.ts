@@ -6,7 +6,7 @@
  * @module
  */
 
-import { errnoName } from "./p9/errno.ts";
+import { errnoName } from "./errno.ts";
 
 /** Documented exit codes of the `9nbd` command (see README "Exit codes"). */
 export const ExitCode = {
@@ -51,27 +51,18 @@ export class TimeoutError extends ConnectionError {
   override name = "TimeoutError";
 }
 
-/** The server answered a 9P request with Rlerror. */
-export class P9Error extends Error {
-  override name = "P9Error";
-  /** The errno's symbolic name, for example `ENOENT`. */
-  readonly code: string;
-  constructor(
-    readonly errno: number,
-    /** What was being done, for example `attach /srv/img`. */
-    readonly operation: string,
-    options?: ErrorOptions,
-  ) {
-    const code = errnoName(errno)?.name ?? `errno ${errno}`;
-    const text = errnoName(errno)?.message ?? "Unknown error";
-    super(`${operation}: ${text} (${code})`, options);
-    this.code = code;
-  }
-}
-
-/** A system call failed (FFI into libc, or a Deno file operation). */
+/**
+ * An operation failed with a Linux errno: the one error type that carries an
+ * errno, wherever it came from. Thrown as is for local failures (a system
+ * call, a check on what a server reported, such as an image that is a
+ * directory); a server's Rlerror is the subclass {@link P9Error}. Never
+ * retriable by itself ({@link isRetriable}); {@link exitCodeFor} and the NBD
+ * boundary (`nbdErrorFor`) read only its errno, so a local failure and a
+ * server's answer with the same errno end the same way.
+ */
 export class ErrnoError extends Error {
   override name = "ErrnoError";
+  /** The errno's symbolic name, for example `ENOENT`. */
   readonly code: string;
   constructor(
     readonly errno: number,
@@ -91,6 +82,24 @@ export class ErrnoError extends Error {
   }
 }
 
+/**
+ * A 9P server answered a request with Rlerror (or Rerror): its considered
+ * answer, and only that. Errors this side decides are plain
+ * {@link ErrnoError}s, so that whoever asks "did the server say so?" (the
+ * failover layer, for one) is not misled.
+ */
+export class P9Error extends ErrnoError {
+  override name = "P9Error";
+  constructor(
+    errno: number,
+    /** What was being done, for example `attach /srv/img`. */
+    operation: string,
+    options?: ErrorOptions,
+  ) {
+    super(errno, operation, "", options);
+  }
+}
+
 /** Errnos that mean "the image (or device) is not there". */
 const notFoundCodes = new Set(["ENOENT", "ENOTDIR", "ENXIO", "ENODEV"]);
 /** Errnos that mean "you may not". */
@@ -99,8 +108,8 @@ const permissionCodes = new Set(["EPERM", "EACCES", "EROFS"]);
 /**
  * May the operation that failed with `err` be tried again, on a new session
  * or another server? Connection-level failures (including a peer that broke
- * the protocol, which poisons its connection) are; a server's considered
- * answer (Rlerror), a usage error or a local syscall failure is not.
+ * the protocol, which poisons its connection) are; an errno (a server's
+ * Rlerror or a local failure), a usage error or anything else is not.
  */
 export function isRetriable(err: unknown): boolean {
   return err instanceof ConnectionError || err instanceof ProtocolError;
@@ -109,7 +118,7 @@ export function isRetriable(err: unknown): boolean {
 /** Map any error to the documented exit code of the CLI. */
 export function exitCodeFor(err: unknown): number {
   if (err instanceof UsageError) return ExitCode.usage;
-  if (err instanceof P9Error || err instanceof ErrnoError) {
+  if (err instanceof ErrnoError) {
     if (notFoundCodes.has(err.code)) return ExitCode.notFound;
     if (permissionCodes.has(err.code)) return ExitCode.permission;
     if (err.code === "EBUSY") return ExitCode.busy;

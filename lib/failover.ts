@@ -21,6 +21,7 @@
  * @module
  */
 
+import { formatAddress } from "./address.ts";
 import type { BlockBackend } from "./backend.ts";
 import { backoffDelayMs, type BackoffPolicy, defaultBackoff } from "./backoff.ts";
 import {
@@ -34,7 +35,6 @@ import {
 import { Image, type OpenOptions } from "./image.ts";
 import { logger } from "./log.ts";
 import { ReadAhead, type ReadAheadOptions } from "./readahead.ts";
-import { formatAddress } from "./p9/transport.ts";
 import type { Spec } from "./spec.ts";
 
 const log = logger("failover");

@@ -7,10 +7,11 @@
  * @module
  */
 
+import { dial, formatAddress } from "./address.ts";
 import type { BlockBackend } from "./backend.ts";
-import { type ConnectionError, inServer, P9Error, ProtocolError } from "./errors.ts";
+import { Errno } from "./errno.ts";
+import { type ConnectionError, ErrnoError, inServer, P9Error, ProtocolError } from "./errors.ts";
 import { Session } from "./p9/session.ts";
-import { dial, formatAddress } from "./p9/transport.ts";
 import { GetattrMask, OpenFlags, type Qid } from "./p9/wire.ts";
 import type { Spec } from "./spec.ts";
 
@@ -78,7 +79,8 @@ async function openChannel(
     const where = spec.walk.length ? `${spec.aname}//${spec.walk.join("/")}` : spec.aname;
     const attr = await session.getattr(fid, GetattrMask.BASIC);
     if ((attr.mode & S_IFMT) === S_IFDIR) {
-      throw new P9Error(21, `open ${where}`); // EISDIR: a directory is not an image
+      // Our check on what the server reported, not its answer: not a P9Error.
+      throw new ErrnoError(Errno.EISDIR, `open ${where}`);
     }
     if (attr.size > BigInt(Number.MAX_SAFE_INTEGER)) {
       throw new ProtocolError(`${where} claims a size of ${attr.size} bytes`);
@@ -222,7 +224,7 @@ export class Image implements BlockBackend {
 
   /** Write all of `data` at `offset`. */
   async write(offset: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new P9Error(30, "write"); // EROFS
+    if (this.readOnly) throw new ErrnoError(Errno.EROFS, "write");
     this.#checkRange(offset, data.length);
     const chunk = this.chunkBytes;
     const parts: Promise<void>[] = [];

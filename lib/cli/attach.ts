@@ -14,7 +14,7 @@ import { openSync } from "node:fs";
 import { describeError, ErrnoError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
 import { ResilientImage } from "../failover.ts";
 import { findFreeDevice, linuxKernelNbd, listNbdDevices } from "../kernel/nbd_device.ts";
-import { errnoNumber } from "../p9/errno.ts";
+import { errnoNumber } from "../errno.ts";
 import { runDaemon } from "../device/daemon.ts";
 import {
   deviceName,

@@ -5,10 +5,20 @@
  * @module
  */
 
+import { formatAddress } from "../address.ts";
 import { UsageError } from "../errors.ts";
-import { parseListenAddress, startExportServer } from "../server/export.ts";
+import { DEFAULT_EXPORT_ADDRESS, parseListenAddress, startExportServer } from "../server/export.ts";
 import { parseCidr } from "../server/access.ts";
-import { applyVerbosity, commonHelp, commonOptions, parse, parseSize } from "./options.ts";
+import {
+  addressHelp,
+  applyVerbosity,
+  commonHelp,
+  commonOptions,
+  parse,
+  parseSize,
+} from "./options.ts";
+
+const defaultListen = formatAddress(DEFAULT_EXPORT_ADDRESS);
 
 export const exportHelp = `Usage: 9nbd export [options] PATH...
 
@@ -19,12 +29,14 @@ absolute path) or a path below an exported directory. Read-only unless --rw.
 Runs in the foreground until interrupted (SIGINT or SIGTERM).
 
 Options:
-  --listen ADDR     HOST:PORT, [IPV6]:PORT or unix:PATH (default 127.0.0.1:564)
+  --listen ADDRESS  where to listen (ADDRESS below; default ${defaultListen})
   --rw              allow writes (default: read-only; writes get EROFS)
   --allow CIDR      only clients from this address range (repeatable; IPv4 or
                     IPv6, e.g. 10.0.0.0/8, fd00::/8; default: every address)
   --privport        only clients whose source port is below 1024 (as diod)
   --msize BYTES     largest 9P message to grant (default 1M + 24)
+
+${addressHelp}
 ${commonHelp}`;
 
 /** Run `9nbd export`; returns the exit code once the server has stopped. */
@@ -42,7 +54,9 @@ export async function exportCommand(args: string[], out: (line: string) => void)
     return 0;
   }
   if (positionals.length === 0) throw new UsageError("missing PATH");
-  const listen = parseListenAddress(values.listen ?? "127.0.0.1:564");
+  const listen = values.listen === undefined
+    ? DEFAULT_EXPORT_ADDRESS
+    : parseListenAddress(values.listen);
   const allow = (values.allow ?? []).map(parseCidr);
   let maxMsize: number | undefined;
   if (values.msize !== undefined) {

@@ -8,6 +8,7 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { ADDRESS_FORMS } from "../address.ts";
 import { UsageError } from "../errors.ts";
 import type { ResilientOptions } from "../failover.ts";
 import type { OpenOptions } from "../image.ts";
@@ -33,13 +34,21 @@ export const serverOptions = {
   "max-inflight": { type: "string" },
 } as const satisfies Options;
 
-/** Help text for {@link serverOptions} and the SPEC. */
+/**
+ * The address grammar for help texts: {@link ADDRESS_FORMS} one a line, the
+ * same words as the README's table.
+ */
+export const addressHelp = `ADDRESS (a SPEC's server, or where --listen listens) is one of:
+${ADDRESS_FORMS.map((f) => `  ${f.form.padEnd(15)} ${f.meaning}`).join("\n")}`;
+
+/** Help text for {@link serverOptions}, the SPEC and its ADDRESS. */
 export const serverHelp = `
 SPEC is ${SPEC_FORMS}.
   host:/srv/img            attach with aname /srv/img on port 564 (diod)
   host:5640:/srv/img       another port;  [::1]:/srv/img  IPv6
   unix:/run/9p.sock:/img   a Unix socket
   host:/export//dir/img    attach to /export, then walk dir/img (nfs-ganesha)
+${addressHelp}
 
 Server options:
   --uname NAME      user name to attach as (default root)

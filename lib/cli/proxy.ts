@@ -7,10 +7,11 @@
  * @module
  */
 
+import { formatAddress } from "../address.ts";
 import { ExitCode, UsageError } from "../errors.ts";
 import { ResilientImage } from "../failover.ts";
 import { logger } from "../log.ts";
-import { formatListenAddress, NbdProxy, parseListenAddress } from "../nbd/proxy.ts";
+import { NbdProxy, parseListenAddress } from "../nbd/proxy.ts";
 import { parseSpec } from "../spec.ts";
 import { humanBytes } from "./info.ts";
 import {
@@ -41,7 +42,7 @@ Examples:
   qemu-img convert -O qcow2 nbd:unix:/run/disk.sock disk.qcow2
 
 Options:
-  --listen ADDRESS    unix:PATH, HOST:PORT, [IPV6]:PORT, or :PORT for every address
+  --listen ADDRESS    where to listen (ADDRESS below)
   --name NAME         the export's name; clients must ask for it or for the
                       default (empty) name (default: any name is this export)
 ${resilienceHelp}
@@ -94,7 +95,7 @@ export async function proxy(args: string[], out: (line: string) => void): Promis
   out(
     `serving ${specTexts.join(" ")} (${humanBytes(image.sizeBytes)}, ${
       image.readOnly ? "read-only" : "read-write"
-    }) on ${formatListenAddress(server.address)}`,
+    }) on ${formatAddress(server.address)}`,
   );
   const signal = await stopped;
   log.info(`${signal}: stopping`);

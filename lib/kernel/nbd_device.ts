@@ -18,7 +18,7 @@
  */
 
 import { ErrnoError } from "../errors.ts";
-import { errnoNumber } from "../p9/errno.ts";
+import { errnoNumber } from "../errno.ts";
 
 /** NBD ioctl numbers: `_IO(0xab, n)` = `0xab00 + n` (include/uapi/linux/nbd.h). */
 export const NbdIoctl = {

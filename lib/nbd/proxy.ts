@@ -13,8 +13,16 @@
  * @module
  */
 
+import {
+  type Address,
+  formatAddress,
+  listen,
+  type Listening,
+  NBD_PORT,
+  parseListen,
+} from "../address.ts";
 import type { BlockBackend } from "../backend.ts";
-import { describeError, ProtocolError, UsageError } from "../errors.ts";
+import { describeError, ProtocolError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { type ByteStream, MAX_REQUEST_BYTES, NbdEngine, transmissionFlags } from "./engine.ts";
 import {
@@ -32,36 +40,9 @@ import {
 
 const log = logger("proxy");
 
-/** Where the proxy listens. */
-export type ListenAddress =
-  | { kind: "unix"; path: string }
-  | { kind: "tcp"; host: string; port: number };
-
-/** `unix:/run/x.sock`, `127.0.0.1:10809`, `[::1]:10809` or `:10809` (every address). */
-export function parseListenAddress(text: string): ListenAddress {
-  if (text.startsWith("unix:")) {
-    const path = text.slice("unix:".length);
-    if (!path.startsWith("/") && !path.startsWith(".")) {
-      throw new UsageError(`--listen ${text}: a Unix socket needs a path (unix:/run/9nbd.sock)`);
-    }
-    return { kind: "unix", path };
-  }
-  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]*)):([0-9]{1,5})$/.exec(text);
-  const port = Number(match?.[3]);
-  if (!match || port < 1 || port > 65535) {
-    throw new UsageError(
-      `--listen "${text}" is not unix:PATH, HOST:PORT or [IPV6]:PORT (port 1 to 65535)`,
-    );
-  }
-  return { kind: "tcp", host: match[1] ?? (match[2] || "0.0.0.0"), port };
-}
-
-/** `unix:PATH` or `HOST:PORT`, as logs and the CLI name the listener. */
-export function formatListenAddress(address: ListenAddress): string {
-  if (address.kind === "unix") return `unix:${address.path}`;
-  return address.host.includes(":")
-    ? `[${address.host}]:${address.port}`
-    : `${address.host}:${address.port}`;
+/** `--listen` of the proxy: the one address grammar (`address.ts`), port 10809 by default. */
+export function parseListenAddress(text: string): Address {
+  return parseListen(text, NBD_PORT);
 }
 
 /** What the handshake ended in. */
@@ -132,7 +113,7 @@ async function writeFully(stream: ByteStream, bytes: Uint8Array): Promise<void> 
 /** Options of {@link NbdProxy}. */
 export interface NbdProxyOptions {
   backend: BlockBackend;
-  listen: ListenAddress;
+  listen: Address;
   /** Export name; empty or absent: any name the client asks for (and the default) is this export. */
   name?: string;
   /** Text for NBD_INFO_DESCRIPTION and NBD_OPT_LIST. */
@@ -158,9 +139,9 @@ export interface ProxyStats {
  * accept loop runs until {@link NbdProxy.close}.
  */
 export class NbdProxy {
-  readonly address: ListenAddress;
+  readonly address: Address;
   readonly stats: ProxyStats = { accepted: 0, serving: 0, dropped: 0 };
-  readonly #listener: Deno.Listener;
+  readonly #listener: Listening;
   readonly #options: NbdProxyOptions;
   readonly #exported: ExportDescription;
   readonly #connections = new Set<{ conn: Deno.Conn; engine?: NbdEngine }>();
@@ -168,9 +149,9 @@ export class NbdProxy {
   readonly #accepting: Promise<void>;
   #closed = false;
 
-  private constructor(listener: Deno.Listener, address: ListenAddress, options: NbdProxyOptions) {
+  private constructor(listener: Listening, options: NbdProxyOptions) {
     this.#listener = listener;
-    this.address = address;
+    this.address = listener.address;
     this.#options = options;
     const backend = options.backend;
     this.#exported = {
@@ -198,35 +179,20 @@ export class NbdProxy {
    * A TCP port 0 binds a free port (see {@link address}).
    */
   static async listen(options: NbdProxyOptions): Promise<NbdProxy> {
-    let address = options.listen;
-    let listener: Deno.Listener;
-    if (address.kind === "unix") {
-      const existing = await Deno.lstat(address.path).catch(() => undefined);
-      if (existing?.isSocket) await Deno.remove(address.path);
-      listener = Deno.listen({ transport: "unix", path: address.path });
-    } else {
-      listener = Deno.listen({ transport: "tcp", hostname: address.host, port: address.port });
-      address = { ...address, port: (listener.addr as Deno.NetAddr).port };
-    }
-    return new NbdProxy(listener, address, options);
+    return new NbdProxy(await listen(options.listen), options);
   }
 
   /** Stop accepting, end every connection (requests in flight settle first), remove the socket. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    try {
-      this.#listener.close();
-    } catch {
-      // Already closed.
-    }
+    await this.#listener.close();
     for (const entry of this.#connections) {
       if (entry.engine) entry.engine.stop();
       else closeQuietly(entry.conn);
     }
     await this.#accepting;
     await Promise.allSettled([...this.#tasks]);
-    if (this.address.kind === "unix") await Deno.remove(this.address.path).catch(() => {});
   }
 
   async #acceptLoop(): Promise<void> {
@@ -236,7 +202,7 @@ export class NbdProxy {
         conn = await this.#listener.accept();
       } catch (err) {
         if (this.#closed) return;
-        log.error(`accept on ${formatListenAddress(this.address)}: ${describeError(err)}`);
+        log.error(`accept on ${formatAddress(this.address)}: ${describeError(err)}`);
         // A transient failure (EMFILE): do not spin.
         await new Promise((r) => setTimeout(r, 100));
         continue;
@@ -246,7 +212,6 @@ export class NbdProxy {
         return;
       }
       this.stats.accepted++;
-      if (this.address.kind === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
       const task = this.#serveConnection(conn);
       this.#tasks.add(task);
       void task.finally(() => this.#tasks.delete(task));

@@ -16,8 +16,8 @@
  * @module
  */
 
-import { P9Error, ProtocolError } from "../errors.ts";
-import { errnoNumber } from "../p9/errno.ts";
+import { errnoNumber } from "../errno.ts";
+import { ErrnoError, ProtocolError } from "../errors.ts";
 
 /** Magic number that starts every request. */
 export const REQUEST_MAGIC = 0x25609513;
@@ -192,7 +192,7 @@ export const NbdError = {
 } as const;
 
 /**
- * How a server errno reads to a block device. The NBD protocol names only a
+ * How an errno reads to a block device. The NBD protocol names only a
  * handful of errnos; anything outside them would be meaningless to a client
  * (and the Linux driver turns every non-zero error into BLK_STS_IOERR anyway),
  * so it is either folded into the nearest block-layer meaning or becomes EIO.
@@ -214,12 +214,13 @@ const blockErrnoFor: ReadonlyMap<string, number> = new Map([
 
 /**
  * The NBD error value (a Linux errno) to reply with when serving a request
- * failed with `err`. This is the one place errors cross into NBD: a server's
- * considered answer ({@link P9Error}) keeps its errno when that errno means
- * something to a block device; everything else (lost connection, timeout,
- * protocol breakage, a bug) is EIO.
+ * failed with `err`. This is the one place errors cross into NBD, and it
+ * reads them as `BlockBackend` promises to throw them: an errno
+ * ({@link ErrnoError}, a server's Rlerror or a local refusal alike) keeps its
+ * meaning when that errno means something to a block device; everything else
+ * (lost connection, timeout, protocol breakage, a bug) is EIO.
  */
 export function nbdErrorFor(err: unknown): number {
-  if (err instanceof P9Error) return blockErrnoFor.get(err.code) ?? NbdError.EIO;
+  if (err instanceof ErrnoError) return blockErrnoFor.get(err.code) ?? NbdError.EIO;
   return NbdError.EIO;
 }

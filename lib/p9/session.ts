@@ -12,8 +12,15 @@
  * @module
  */
 
-import { ConnectionError, describeError, P9Error, ProtocolError, TimeoutError } from "../errors.ts";
-import { errnoName, maxErrno } from "./errno.ts";
+import { Errno, errnoName, maxErrno } from "../errno.ts";
+import {
+  ConnectionError,
+  describeError,
+  ErrnoError,
+  P9Error,
+  ProtocolError,
+  TimeoutError,
+} from "../errors.ts";
 import { type ByteStream, FrameReader, writeAll } from "./transport.ts";
 import {
   decode,
@@ -230,7 +237,11 @@ export class Session {
           `walk ${names.join("/") || "."}`,
         );
         if (reply.qids.length !== part.length) {
-          throw new P9Error(2, `walk ${names.slice(0, done + reply.qids.length + 1).join("/")}`);
+          // A short Rwalk is a success reply, so this ENOENT is ours, not an Rlerror.
+          throw new ErrnoError(
+            Errno.ENOENT,
+            `walk ${names.slice(0, done + reply.qids.length + 1).join("/")}`,
+          );
         }
         qids.push(...reply.qids);
         done += part.length;

@@ -1,67 +1,16 @@
 /**
- * Byte transports for 9P: dialing TCP and Unix sockets, writing fully, and
- * cutting a byte stream into frames whose size is checked against msize
- * before any buffer is grown for them.
+ * Byte transports for 9P: writing fully, and cutting a byte stream into
+ * frames whose size is checked against msize before any buffer is grown for
+ * them. Dialing a server is `dial` in `lib/address.ts`.
  *
  * @module
  */
 
-import { ConnectionError, TimeoutError } from "../errors.ts";
+import { ConnectionError } from "../errors.ts";
 import type { ByteStream } from "../stream.ts";
 import { frameSize, HEADER_BYTES } from "./wire.ts";
 
 export { type ByteStream, writeAll } from "../stream.ts";
-
-/** Where a server listens. */
-export type Address =
-  | { kind: "tcp"; host: string; port: number }
-  | { kind: "unix"; path: string };
-
-/** The default 9P port (IANA "9pfs"). */
-export const DEFAULT_PORT = 564;
-
-/** `127.0.0.1:564`, `[::1]:564` or `unix:/run/9p.sock`: how errors and logs name a server. */
-export function formatAddress(address: Address): string {
-  if (address.kind === "unix") return `unix:${address.path}`;
-  return address.host.includes(":")
-    ? `[${address.host}]:${address.port}`
-    : `${address.host}:${address.port}`;
-}
-
-/** Connect to `address`, giving up after `timeoutMs`. */
-export async function dial(address: Address, timeoutMs: number): Promise<ByteStream> {
-  const attempt = address.kind === "tcp"
-    ? Deno.connect({ hostname: address.host, port: address.port, transport: "tcp" })
-    : Deno.connect({ path: address.path, transport: "unix" });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new TimeoutError(`connect: no answer in ${timeoutMs / 1000} s`)),
-      timeoutMs,
-    );
-  });
-  try {
-    const conn = await Promise.race([attempt, deadline]);
-    // Small requests (Tread headers) must leave at once, not wait for Nagle.
-    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-    return conn;
-  } catch (cause) {
-    // A connection that arrives after the deadline must not leak.
-    attempt.then((conn) => conn.close(), () => {});
-    if (cause instanceof ConnectionError) throw cause;
-    throw new ConnectionError(`connect: ${connectReason(cause)}`, { cause });
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function connectReason(cause: unknown): string {
-  if (cause instanceof Deno.errors.ConnectionRefused) return "connection refused";
-  if (cause instanceof Deno.errors.NotFound) return "no such socket or host";
-  if (cause instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (cause instanceof Error) return cause.message;
-  return String(cause);
-}
 
 /**
  * Cuts a byte stream into 9P frames. Reads in large gulps into one reused

@@ -7,9 +7,9 @@
  * @module
  */
 
+import { type Address, formatAddress, listen, P9_PORT, parseListen } from "../address.ts";
 import { UsageError } from "../errors.ts";
 import { logger } from "../log.ts";
-import { type Address, DEFAULT_PORT, formatAddress } from "../p9/transport.ts";
 import { IOHDRSZ } from "../p9/wire.ts";
 import { type AccessPolicy, type Cidr, parseCidr, refusal } from "./access.ts";
 import { Connection, MIN_MSIZE } from "./connection.ts";
@@ -21,7 +21,7 @@ const log = logger("server");
 export interface ExportServerOptions {
   /** Image files and directories of image files to serve. */
   paths: string[];
-  /** Where to listen (default 127.0.0.1:564). Port 0 picks a free port. */
+  /** Where to listen (default {@link DEFAULT_EXPORT_ADDRESS}). Port 0 picks a free port. */
   listen?: Address;
   /** Allow Twrite and Tlopen for writing (default read-only). */
   readWrite?: boolean;
@@ -47,31 +47,12 @@ export interface ExportServer {
   close(): Promise<void>;
 }
 
-/** `HOST:PORT`, `[IPV6]:PORT`, `unix:PATH`, `HOST` or `:PORT` → an address. */
+/** Where `9nbd export` listens unless told: loopback only, the 9P port. */
+export const DEFAULT_EXPORT_ADDRESS: Address = { kind: "tcp", host: "127.0.0.1", port: P9_PORT };
+
+/** `--listen` of the export: the one address grammar (`address.ts`), port 564 by default. */
 export function parseListenAddress(text: string): Address {
-  if (text.startsWith("unix:")) {
-    const path = text.slice("unix:".length);
-    if (path === "") throw new UsageError(`--listen: "${text}" has no socket path`);
-    return { kind: "unix", path };
-  }
-  let host: string;
-  let portText: string | undefined;
-  const bracketed = /^\[([0-9A-Fa-f:.%a-zA-Z0-9_-]+)\](?::([0-9]+))?$/.exec(text);
-  if (bracketed) {
-    [, host, portText] = bracketed;
-  } else if ((text.match(/:/g) ?? []).length > 1) {
-    throw new UsageError(`--listen: write IPv6 addresses in brackets, as in [::1]:564`);
-  } else {
-    const colon = text.lastIndexOf(":");
-    host = colon < 0 ? text : text.slice(0, colon);
-    portText = colon < 0 ? undefined : text.slice(colon + 1);
-  }
-  if (host === "") host = "0.0.0.0";
-  const port = portText === undefined ? DEFAULT_PORT : Number(portText);
-  if (portText !== undefined && (!/^[0-9]{1,5}$/.test(portText) || port > 65535)) {
-    throw new UsageError(`--listen: "${text}" has no valid port (0..65535)`);
-  }
-  return { kind: "tcp", host, port };
+  return parseListen(text, P9_PORT);
 }
 
 /** Start serving; resolves once the listener is bound. */
@@ -85,13 +66,8 @@ export async function startExportServer(options: ExportServerOptions): Promise<E
     privilegedPortOnly: options.privilegedPortOnly ?? false,
   };
   const readOnly = !(options.readWrite ?? false);
-  const requested = options.listen ?? { kind: "tcp", host: "127.0.0.1", port: DEFAULT_PORT };
-  const listener = requested.kind === "unix"
-    ? Deno.listen({ transport: "unix", path: requested.path })
-    : Deno.listen({ transport: "tcp", hostname: requested.host, port: requested.port });
-  const address: Address = requested.kind === "unix"
-    ? requested
-    : { kind: "tcp", host: requested.host, port: (listener.addr as Deno.NetAddr).port };
+  const listener = await listen(options.listen ?? DEFAULT_EXPORT_ADDRESS);
+  const address = listener.address;
 
   const where = formatAddress(address);
   log.info(
@@ -126,7 +102,6 @@ export async function startExportServer(options: ExportServerOptions): Promise<E
         conn.close();
         continue;
       }
-      if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
       log.debug(`${label}: connected`);
       const connection = new Connection(conn, label, {
         exports,
@@ -149,16 +124,11 @@ export async function startExportServer(options: ExportServerOptions): Promise<E
     async close() {
       if (closing) return;
       closing = true;
-      try {
-        listener.close();
-      } catch {
-        // Already closed.
-      }
+      await listener.close();
       await accepting;
       const ending = [...live];
       for (const { connection } of ending) connection.close();
       await Promise.all(ending.map((e) => e.done));
-      if (address.kind === "unix") await Deno.remove(address.path).catch(() => {});
     },
   };
 }

@@ -1,8 +1,15 @@
 /** Conversion of command-line option values: sizes, seconds, whole numbers and server options. */
 
 import assert from "node:assert/strict";
+import { ADDRESS_FORMS } from "../../lib/address.ts";
+import { attachHelp } from "../../lib/cli/attach.ts";
+import { catHelp } from "../../lib/cli/cat.ts";
+import { exportHelp } from "../../lib/cli/export.ts";
+import { infoHelp } from "../../lib/cli/info.ts";
+import { proxyHelp } from "../../lib/cli/proxy.ts";
 import { UsageError } from "../../lib/errors.ts";
 import {
+  addressHelp,
   openOptions,
   parse,
   parseInteger,
@@ -163,4 +170,23 @@ Deno.test("--readahead takes 0 or a power of two of KiB from 4 to 4096, read-onl
     () => resilientOptions({ readahead: "256", rw: true }, 1),
     /read-only images/,
   );
+});
+
+Deno.test("every command that names a server or listens shows the one ADDRESS table", () => {
+  for (const { form, meaning } of ADDRESS_FORMS) {
+    assert.match(
+      addressHelp,
+      new RegExp(`^  ${RegExp.escape(form)} +${RegExp.escape(meaning)}$`, "m"),
+    );
+  }
+  const helps = { attachHelp, catHelp, exportHelp, infoHelp, proxyHelp };
+  for (const [name, help] of Object.entries(helps)) {
+    assert.ok(help.includes(addressHelp), `${name} shows the address forms`);
+    assert.equal(help.split(addressHelp).length, 2, `${name} shows them once`);
+  }
+  assert.match(
+    exportHelp,
+    /--listen ADDRESS +where to listen \(ADDRESS below; default 127\.0\.0\.1:564\)/,
+  );
+  assert.match(proxyHelp, /--listen ADDRESS +where to listen \(ADDRESS below\)/);
 });

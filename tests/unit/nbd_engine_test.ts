@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ConnectionError, P9Error, ProtocolError } from "../../lib/errors.ts";
-import { errnoNumber } from "../../lib/p9/errno.ts";
+import { errnoNumber } from "../../lib/errno.ts";
 import {
   type ByteStream,
   deviceSizeBytes,

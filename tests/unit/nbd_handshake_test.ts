@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { formatAddress } from "../../lib/address.ts";
 import { ProtocolError } from "../../lib/errors.ts";
 import { type ByteStream, transmissionFlags } from "../../lib/nbd/engine.ts";
 import {
@@ -24,12 +25,7 @@ import {
   OPTION_REPLY_MAGIC,
   type OptionReply,
 } from "../../lib/nbd/handshake.ts";
-import {
-  formatListenAddress,
-  NbdProxy,
-  negotiate,
-  parseListenAddress,
-} from "../../lib/nbd/proxy.ts";
+import { NbdProxy, negotiate, parseListenAddress } from "../../lib/nbd/proxy.ts";
 import {
   decodeSimpleReply,
   encodeRequest,
@@ -452,7 +448,7 @@ Deno.test("listen addresses parse and format", () => {
   });
   assert.deepEqual(parseListenAddress("[::1]:10809"), { kind: "tcp", host: "::1", port: 10809 });
   assert.deepEqual(parseListenAddress(":10809"), { kind: "tcp", host: "0.0.0.0", port: 10809 });
-  assert.equal(formatListenAddress({ kind: "tcp", host: "::1", port: 5 }), "[::1]:5");
+  assert.equal(formatAddress({ kind: "tcp", host: "::1", port: 5 }), "[::1]:5");
   for (const bad of ["unix:", "10809", "host:0", "host:70000", "a b:1"]) {
     assert.throws(() => parseListenAddress(bad), UsageError, bad);
   }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { P9Error, ProtocolError, TimeoutError } from "../../lib/errors.ts";
-import { errnoNumber } from "../../lib/p9/errno.ts";
+import { errnoNumber } from "../../lib/errno.ts";
 import {
   CommandFlag,
   commandName,

@@ -1,7 +1,9 @@
 /**
- * Linux errno numbers, as carried by 9P2000.L Rlerror and returned by system
- * calls, with their symbolic names and messages. An errno outside this table
- * is not trusted (a 9P peer sending it has broken the protocol).
+ * Linux errno numbers, with their symbolic names and messages: the one table
+ * for the whole project. The same numbers travel in a 9P2000.L Rlerror, come
+ * back from system calls (the kernel binding), and go out in NBD replies. An
+ * errno outside this table is not trusted (a 9P peer sending it has broken
+ * the protocol).
  *
  * @module
  */
@@ -15,7 +17,7 @@ export interface ErrnoInfo {
 /** Largest errno Linux defines (EHWPOISON). */
 export const maxErrno = 133;
 
-const table: ReadonlyArray<readonly [number, string, string]> = [
+const table = [
   [1, "EPERM", "Operation not permitted"],
   [2, "ENOENT", "No such file or directory"],
   [3, "ESRCH", "No such process"],
@@ -146,12 +148,22 @@ const table: ReadonlyArray<readonly [number, string, string]> = [
   [130, "EOWNERDEAD", "Owner died"],
   [131, "ENOTRECOVERABLE", "State not recoverable"],
   [132, "ERFKILL", "Operation not possible due to RF-kill"],
-];
+] as const satisfies ReadonlyArray<readonly [number, string, string]>;
+
+/** The symbolic name of an errno Linux defines, for example `"ENOENT"`. */
+export type ErrnoName = typeof table[number][1];
+
+/**
+ * Every errno by name, checked when compiled: `Errno.EISDIR === 21`. Prefer
+ * it to {@link errnoNumber} where the name is written in the code.
+ */
+export const Errno = Object.freeze(
+  Object.fromEntries(table.map(([n, name]) => [name, n])),
+) as { readonly [N in ErrnoName]: number };
 
 const byNumber = new Map<number, ErrnoInfo>(
   table.map(([n, name, message]) => [n, { name, message }]),
 );
-const byName = new Map<string, number>(table.map(([n, name]) => [name, n]));
 
 /** The name and message of `errno`, or undefined when Linux defines no such errno. */
 export function errnoName(errno: number): ErrnoInfo | undefined {
@@ -160,7 +172,6 @@ export function errnoName(errno: number): ErrnoInfo | undefined {
 
 /** The number of a named errno, for example `errnoNumber("ENOENT") === 2`. */
 export function errnoNumber(name: string): number {
-  const n = byName.get(name);
-  if (n === undefined) throw new Error(`unknown errno name ${name}`);
-  return n;
+  if (!Object.hasOwn(Errno, name)) throw new Error(`unknown errno name ${name}`);
+  return Errno[name as ErrnoName];
 }
