@@ -52,8 +52,6 @@ export interface ResilientOptions extends OpenOptions {
   backoff?: BackoffPolicy;
   /** Read-ahead for a read-only image (see {@link ReadAhead}); none by default. */
   readAhead?: ReadAheadOptions;
-  /** Told whenever the serving server, counters or last error change. */
-  onChange?: () => void;
 }
 
 /** Blocks sampled for the fingerprint, and their size. */
@@ -363,7 +361,6 @@ export class ResilientImage implements BlockBackend {
     }`;
     this.#reconnecting = this.#reconnect(this.#currentIndex, err, performance.now());
     this.#reconnecting.catch(() => {});
-    this.#options.onChange?.();
   }
 
   /** Find the next replica that opens and proves its identity; forever, with backoff. */
@@ -399,7 +396,6 @@ export class ResilientImage implements BlockBackend {
             (this.#unflushed.length ? `, ${this.#unflushed.length} unflushed writes replayed` : ""),
         );
         this.#reissued = 0;
-        this.#options.onChange?.();
         return image;
       }
       await new Promise((r) =>
@@ -489,7 +485,6 @@ export class ResilientImage implements BlockBackend {
       this.#install(image, index);
       this.failovers++;
       log.warn(`failing back from ${from} to ${image.server}`);
-      this.#options.onChange?.();
       // Let requests already sent to the old server finish there.
       const drain = setInterval(() => {
         if (old.inflight === 0 || old.closed) {
