@@ -33,7 +33,6 @@ import {
 } from "./errors.ts";
 import { Image, type OpenOptions } from "./image.ts";
 import { logger } from "./log.ts";
-import { ReadAhead, type ReadAheadOptions } from "./readahead.ts";
 import { formatAddress } from "./p9/transport.ts";
 import type { Spec } from "./spec.ts";
 
@@ -50,8 +49,6 @@ export interface ResilientOptions extends OpenOptions {
   /** Expected SHA-256 (hex) of the whole image, checked on every replica before use. */
   sha256?: string;
   backoff?: BackoffPolicy;
-  /** Read-ahead for a read-only image (see {@link ReadAhead}); none by default. */
-  readAhead?: ReadAheadOptions;
 }
 
 /** Blocks sampled for the fingerprint, and their size. */
@@ -145,8 +142,6 @@ export class ResilientImage implements BlockBackend {
   reconnects = 0;
   failovers = 0;
   lastError: string | null = null;
-  /** The read-ahead cache, when asked for (read-only images only). */
-  readonly readAhead: ReadAhead | undefined;
   readonly #replicas: Replica[];
   readonly #options: ResilientOptions;
   readonly #identity: Identity;
@@ -180,13 +175,6 @@ export class ResilientImage implements BlockBackend {
     this.#identity = identity;
     this.sizeBytes = identity.sizeBytes;
     this.readOnly = first.readOnly;
-    if (options.readAhead && this.readOnly) {
-      this.readAhead = new ReadAhead(
-        this.sizeBytes,
-        options.readAhead,
-        (offset, dest) => this.#withServer((image) => image.read(offset, dest)),
-      );
-    }
     if (options.failback && replicas.length > 1) {
       this.#failbackTimer = setInterval(
         () => void this.#tryFailback(),
@@ -254,7 +242,6 @@ export class ResilientImage implements BlockBackend {
   }
 
   async read(offset: number, dest: Uint8Array): Promise<void> {
-    if (this.readAhead) return await this.readAhead.read(offset, dest);
     await this.#withServer((image) => image.read(offset, dest));
   }
 

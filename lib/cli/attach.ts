@@ -26,6 +26,7 @@ import {
   removeState,
   runDir,
 } from "../device/state.ts";
+import { withReadAhead } from "../readahead.ts";
 import { parseSpec } from "../spec.ts";
 import { selfCommand } from "../runtime.ts";
 import { humanBytes } from "./info.ts";
@@ -204,6 +205,7 @@ export async function attach(args: string[], out: (line: string) => void): Promi
       device,
       specText,
       backend: image,
+      front: withReadAhead(image, options.readAhead),
       kernel,
       blockSizeBytes,
       maxInflight,

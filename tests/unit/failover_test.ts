@@ -20,6 +20,7 @@ import {
 } from "../../lib/failover.ts";
 import { Image } from "../../lib/image.ts";
 import { MsgType } from "../../lib/p9/wire.ts";
+import { ReadAhead } from "../../lib/readahead.ts";
 import { parseSpec } from "../../lib/spec.ts";
 import { skipTier } from "../support/tier.ts";
 import { settleWithin } from "./support/fake_9p_server.ts";
@@ -592,25 +593,24 @@ test("failback attempts never overlap: a preferred replica slow to answer gets o
 test("with read-ahead, a window fetch cut by a bad frame is re-issued and every byte is right", async () => {
   const file = randomBytes(IMAGE_BYTES, 18);
   await withServers([file], {}, async ([server]) => {
-    const image = await open([server], {
-      readAhead: { windowBytes: 64 * 1024, cacheBytes: 1 << 20 },
-    });
+    const image = await open([server]);
+    const cached = new ReadAhead(image, { windowBytes: 64 * 1024, cacheBytes: 1 << 20 });
     try {
       const first = new Uint8Array(4096);
-      await image.read(0, first);
+      await cached.read(0, first);
       assert.deepEqual(first, file.subarray(0, 4096));
       // The next small read follows the first: it fetches window 0 whole, and that fetch is cut.
       server.arm("cut-frame", { when: dataReadOf(file.length) });
       const second = new Uint8Array(4096);
-      await within(image.read(4096, second), "the read after the cut");
+      await within(cached.read(4096, second), "the read after the cut");
       assert.deepEqual(second, file.subarray(4096, 8192));
       assert.equal(image.reconnects, 1);
-      assert.equal(image.readAhead!.stats.windowsFetched, 1);
+      assert.equal(cached.stats.windowsFetched, 1);
       // The rest of the window comes from memory: no further data read reaches the server.
       const dataReads = server.requestsOf(MsgType.Tread).filter(dataReadOf(file.length)).length;
       for (let offset = 8192; offset < 64 * 1024; offset += 4096) {
         const bytes = new Uint8Array(4096);
-        await image.read(offset, bytes);
+        await cached.read(offset, bytes);
         assert.deepEqual(bytes, file.subarray(offset, offset + 4096));
       }
       assert.equal(
