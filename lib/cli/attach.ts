@@ -12,7 +12,7 @@
 import { spawn } from "node:child_process";
 import { openSync } from "node:fs";
 import { describeError, ErrnoError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
-import { ResilientImage } from "../failover.ts";
+import { ResilientImage } from "../failover/mod.ts";
 import { findFreeDevice, linuxKernelNbd, listNbdDevices } from "../kernel/nbd_device.ts";
 import { errnoNumber } from "../p9/errno.ts";
 import { runDaemon } from "../device/daemon.ts";

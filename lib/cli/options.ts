@@ -9,7 +9,7 @@
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { UsageError } from "../errors.ts";
-import type { ResilientOptions } from "../failover.ts";
+import type { ResilientOptions } from "../failover/mod.ts";
 import type { OpenOptions } from "../image.ts";
 import type { ReadAheadOptions } from "../readahead.ts";
 import { setupLogging, type Verbosity } from "../log.ts";

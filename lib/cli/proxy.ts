@@ -8,7 +8,7 @@
  */
 
 import { ExitCode, UsageError } from "../errors.ts";
-import { ResilientImage } from "../failover.ts";
+import { ResilientImage } from "../failover/mod.ts";
 import { logger } from "../log.ts";
 import { formatListenAddress, NbdProxy, parseListenAddress } from "../nbd/proxy.ts";
 import { withReadAhead } from "../readahead.ts";

@@ -17,7 +17,7 @@ import {
   ResilientImage,
   type ResilientOptions,
   sampleOffsets,
-} from "../../lib/failover.ts";
+} from "../../lib/failover/mod.ts";
 import { Image } from "../../lib/image.ts";
 import { MsgType } from "../../lib/p9/wire.ts";
 import { ReadAhead } from "../../lib/readahead.ts";
