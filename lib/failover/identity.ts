@@ -13,7 +13,6 @@
  */
 
 import type { BlockBackend } from "../backend.ts";
-import { P9Error } from "../errors.ts";
 import type { Spec } from "../spec.ts";
 
 /** Blocks sampled for the fingerprint, and their size. */
@@ -126,10 +125,8 @@ export class ReplicaVerifier {
     if (this.#sha256 !== undefined && !this.#hashedInFull.has(spec)) {
       const sha = await fullSha256(image);
       if (sha !== this.#sha256.toLowerCase()) {
-        if (!reference) {
-          throw new P9Error(5, `verify ${spec.text}: SHA-256 is ${sha}, not ${this.#sha256}`);
-        }
-        throw new IdentityError(`SHA-256 is ${sha}, not ${this.#sha256}`);
+        const subject = reference ? "" : `verify ${spec.text}: `;
+        throw new IdentityError(`${subject}SHA-256 is ${sha}, not ${this.#sha256}`);
       }
       this.#hashedInFull.add(spec);
     }

@@ -11,8 +11,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { configure, type LogRecord, reset } from "@logtape/logtape";
-import { ConnectionError } from "../../lib/errors.ts";
+import { ConnectionError, ExitCode, exitCodeFor, P9Error } from "../../lib/errors.ts";
 import {
+  IdentityError,
   identityOf,
   ResilientImage,
   type ResilientOptions,
@@ -36,6 +37,7 @@ import {
   type Hostility,
 } from "./support/hostile_9p_server.ts";
 import { randomBytes } from "../support/random.ts";
+import { runCli } from "../support/cli.ts";
 
 const IMAGE_BYTES = 1 << 20;
 
@@ -314,6 +316,37 @@ test("with a SHA-256, a replica differing only in a block the fingerprint does n
         await image.close();
       }
     });
+  });
+});
+
+test("a SHA-256 mismatch on every replica at attach is an IdentityError naming the SPEC, and the CLI exits 1 with that one line", async () => {
+  const file = randomBytes(IMAGE_BYTES, 23);
+  const wrong = "0".repeat(64);
+  await withServers([file], {}, async ([server]) => {
+    const spec = parseSpec(server.spec);
+    await assert.rejects(ResilientImage.open([spec], { ...FAST, sha256: wrong }), (err) => {
+      // Our own check found it: not dressed up as a server's Rlerror.
+      assert.ok(err instanceof IdentityError, String(err));
+      assert.ok(!(err instanceof P9Error));
+      assert.match(
+        err.message,
+        new RegExp(`^verify ${RegExp.escape(spec.text)}: SHA-256 is [0-9a-f]{64}, not ${wrong}$`),
+      );
+      assert.equal(exitCodeFor(err), ExitCode.failure);
+      return true;
+    });
+    const dir = await Deno.makeTempDir({ prefix: "9nbd-sha-" });
+    try {
+      const result = await within(
+        runCli(["proxy", "--sha256", wrong, server.spec, "--listen", `unix:${dir}/nbd.sock`]),
+        "the proxy's exit",
+        30_000,
+      );
+      assert.equal(result.code, ExitCode.failure, result.stderr);
+      assert.match(result.stderr, /^9nbd: verify .*: SHA-256 is [0-9a-f]{64}, not 0{64}\n$/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   });
 });
 
