@@ -23,6 +23,8 @@ interface LoggedWrite {
 export class WriteLog {
   #writes: LoggedWrite[] = [];
   #bytes = 0;
+  /** Writes forgotten so far: the position of `#writes[0]` among all writes ever logged. */
+  #forgotten = 0;
   #backgroundFlush: Promise<void> | undefined;
 
   /** How many writes a new session would replay. */
@@ -48,13 +50,18 @@ export class WriteLog {
   /**
    * Run `fsync` and, once it succeeds, forget the writes it covers: those
    * logged before it started. (Replays happen before a session is handed
-   * out, so a successful fsync on any session covers them.)
+   * out, so a successful fsync on any session covers them.) Positions are
+   * counted from the first write ever logged, so flushes that overlap (a
+   * background one and the kernel's) each forget only what they cover.
    */
   async flush(fsync: () => Promise<void>): Promise<void> {
-    const covered = this.#writes.length;
+    const coveredUpTo = this.#forgotten + this.#writes.length;
     await fsync();
+    const covered = coveredUpTo - this.#forgotten;
+    if (covered <= 0) return; // A later flush already forgot them.
     this.#bytes -= this.#writes.slice(0, covered).reduce((n, w) => n + w.data.length, 0);
     this.#writes = this.#writes.slice(covered);
+    this.#forgotten += covered;
   }
 
   /** Write every logged write to `session`, in order, before it serves anything. */

@@ -49,6 +49,36 @@ Deno.test("a write logged while a flush runs is not covered by it", async () => 
   assert.deepEqual(await replayed(log), ["end write 8192+512"]);
 });
 
+Deno.test("overlapping flushes each forget only the writes logged before they started", async () => {
+  // A background flush and the kernel's FLUSH (or two NBD clients' FLUSHes) can overlap.
+  const log = new WriteLog();
+  log.record(0, new Uint8Array(512), noFlush);
+  log.record(1024, new Uint8Array(512), noFlush);
+  let finishFirst!: () => void;
+  const first = log.flush(() => new Promise<void>((resolve) => finishFirst = resolve));
+  log.record(2048, new Uint8Array(512), noFlush);
+  let finishSecond!: () => void;
+  const second = log.flush(() => new Promise<void>((resolve) => finishSecond = resolve));
+  finishFirst();
+  await first;
+  // Acknowledged after the second flush was sent: it does not cover these.
+  log.record(3072, new Uint8Array(512), noFlush);
+  log.record(4096, new Uint8Array(512), noFlush);
+  finishSecond();
+  await second;
+  assert.deepEqual(await replayed(log), ["end write 3072+512", "end write 4096+512"]);
+
+  // The other order: the later flush finishes first; the earlier one then has nothing left.
+  let finishEarlier!: () => void;
+  const earlier = log.flush(() => new Promise<void>((resolve) => finishEarlier = resolve));
+  log.record(5120, new Uint8Array(512), noFlush);
+  await log.flush(() => Promise.resolve());
+  log.record(6144, new Uint8Array(512), noFlush);
+  finishEarlier();
+  await earlier;
+  assert.deepEqual(await replayed(log), ["end write 6144+512"]);
+});
+
 Deno.test(`past ${WRITE_LOG_MAX_BYTES / 1024 / 1024} MiB of logged writes, a write starts one background flush at a time`, async () => {
   const log = new WriteLog();
   const calls: (() => void)[] = [];
