@@ -17,7 +17,7 @@ import type { BlockBackend } from "../backend.ts";
 import { ConnectionError, describeError, isRetriable, P9Error, TimeoutError } from "../errors.ts";
 import type { Image } from "../image.ts";
 import type { Spec } from "../spec.ts";
-import { type Identity, ReplicaVerifier } from "./identity.ts";
+import { ReplicaVerifier } from "./identity.ts";
 import { ReplicaSet, type ReplicaSetOptions } from "./replicas.ts";
 import { WriteLog } from "./write_log.ts";
 
@@ -42,21 +42,19 @@ export class ResilientImage implements BlockBackend {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
   readonly #replicas: ReplicaSet;
-  readonly #verifier: ReplicaVerifier;
   readonly #writeLog: WriteLog;
   readonly #giveUpAfterMs: number | undefined;
 
   private constructor(
     replicas: ReplicaSet,
-    verifier: ReplicaVerifier,
     writeLog: WriteLog,
+    sizeBytes: number,
     giveUpAfterMs: number | undefined,
   ) {
     this.#replicas = replicas;
-    this.#verifier = verifier;
     this.#writeLog = writeLog;
     this.#giveUpAfterMs = giveUpAfterMs;
-    this.sizeBytes = verifier.identity.sizeBytes;
+    this.sizeBytes = sizeBytes;
     this.readOnly = replicas.readOnly;
   }
 
@@ -69,17 +67,13 @@ export class ResilientImage implements BlockBackend {
     const verifier = new ReplicaVerifier(options.sha256);
     const writeLog = new WriteLog();
     const replicas = await ReplicaSet.open(specs, options, verifier, writeLog);
-    return new ResilientImage(replicas, verifier, writeLog, options.giveUpAfterMs);
+    const { sizeBytes } = verifier.identity;
+    return new ResilientImage(replicas, writeLog, sizeBytes, options.giveUpAfterMs);
   }
 
   /** The server now serving, as logs name it. */
   get server(): string {
     return this.#replicas.server;
-  }
-
-  /** The identity every replica must match. */
-  get identity(): Identity {
-    return this.#verifier.identity;
   }
 
   /** Sessions re-established on the replica that was serving. */
