@@ -22,13 +22,13 @@
  */
 
 import { parseArgs } from "node:util";
-import { ResilientImage } from "../lib/failover.ts";
+import { ResilientImage } from "../lib/failover/mod.ts";
 import { parseSpec } from "../lib/spec.ts";
 import {
   diodUnavailable,
   type RestartableDiod,
   startRestartableDiod,
-} from "../tests/unit/support/failover_diod.ts";
+} from "../tests/support/failover_diod.ts";
 
 const IMAGE_BYTES = 32 * 1024 * 1024;
 const READ_BYTES = 65536;
@@ -159,7 +159,7 @@ async function runOnce(
   const readers = startReaders(image, file);
   try {
     // Steady state: a session younger than 1 s counts as flapping and is backed off before its
-    // replacement (lib/failover.ts FLAP_MS), which is not what a long-lived attachment sees.
+    // replacement (lib/failover/replicas.ts FLAP_MS), which is not what a long-lived attachment sees.
     await sleep(1500);
     if (image.server !== `127.0.0.1:${primary.port}`) {
       throw new Error(`run started on ${image.server}, not on the primary`);

@@ -1,6 +1,6 @@
 /**
- * Read-ahead for a read-only image: small reads that follow closely on
- * earlier ones are served from whole windows fetched once.
+ * Read-ahead in front of a read-only block backend: small reads that follow
+ * closely on earlier ones are served from whole windows fetched once.
  *
  * Why the kernel's own read-ahead is not enough: it works per file. A cold
  * walk of a file system (a node booting: binaries, libraries, configuration)
@@ -15,8 +15,14 @@
  * are kept in a bounded least-recently-used cache. Only for read-only
  * images: the bytes of a verified replica never change under us.
  *
+ * {@link ReadAhead} is itself a {@link BlockBackend} wrapping another one,
+ * so whoever builds the backend (attach, proxy) puts it in front of the
+ * resilient image and the layers below never know it is there.
+ *
  * @module
  */
+
+import type { BlockBackend } from "./backend.ts";
 
 /** Options of {@link ReadAhead}. */
 export interface ReadAheadOptions {
@@ -46,11 +52,14 @@ export interface ReadAheadStats {
   passedThrough: number;
 }
 
-/** A read-ahead cache over `fetch`, for an image of `sizeBytes`. */
-export class ReadAhead {
+/**
+ * A read-ahead cache in front of a read-only `backend`. Reads may be served
+ * from cached windows; writes and flushes go to `backend` unchanged (it is
+ * read-only, so it refuses writes in its own way).
+ */
+export class ReadAhead implements BlockBackend {
   readonly stats: ReadAheadStats = { hits: 0, windowsFetched: 0, passedThrough: 0 };
-  readonly #fetch: (offset: number, dest: Uint8Array) => Promise<void>;
-  readonly #sizeBytes: number;
+  readonly #backend: BlockBackend;
   readonly #window: number;
   readonly #maxWindows: number;
   /** Window index → its bytes (or the fetch under way); Map order is recency. */
@@ -58,11 +67,11 @@ export class ReadAhead {
   /** Where recent reads ended, newest last. */
   readonly #ends: number[] = [];
 
-  constructor(
-    sizeBytes: number,
-    options: ReadAheadOptions,
-    fetch: (offset: number, dest: Uint8Array) => Promise<void>,
-  ) {
+  constructor(backend: BlockBackend, options: ReadAheadOptions) {
+    if (!backend.readOnly) {
+      // Cached windows would go stale under writes.
+      throw new RangeError("read-ahead needs a read-only backend");
+    }
     const { windowBytes, cacheBytes } = options;
     if (
       !Number.isInteger(windowBytes) || windowBytes < 4096 ||
@@ -70,10 +79,17 @@ export class ReadAhead {
     ) {
       throw new RangeError(`read-ahead window ${windowBytes} is not a power of two ≥ 4096`);
     }
-    this.#fetch = fetch;
-    this.#sizeBytes = sizeBytes;
+    this.#backend = backend;
     this.#window = windowBytes;
     this.#maxWindows = Math.max(1, Math.floor(cacheBytes / windowBytes));
+  }
+
+  get sizeBytes(): number {
+    return this.#backend.sizeBytes;
+  }
+
+  get readOnly(): boolean {
+    return true;
   }
 
   /** Fill `dest` with the bytes at `offset`. */
@@ -86,7 +102,7 @@ export class ReadAhead {
     this.#remember(end);
     if (!cached) {
       this.stats.passedThrough++;
-      await this.#fetch(offset, dest);
+      await this.#backend.read(offset, dest);
       return;
     }
     if (this.#has(first) && this.#has(last)) this.stats.hits++;
@@ -97,6 +113,14 @@ export class ReadAhead {
       const to = Math.min(end, start + bytes.length);
       dest.set(bytes.subarray(from - start, to - start), from - offset);
     }
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#backend.write(offset, data);
+  }
+
+  flush(): Promise<void> {
+    return this.#backend.flush();
   }
 
   #has(index: number): boolean {
@@ -126,9 +150,9 @@ export class ReadAhead {
       return known;
     }
     const start = index * this.#window;
-    const bytes = new Uint8Array(Math.min(this.#window, this.#sizeBytes - start));
+    const bytes = new Uint8Array(Math.min(this.#window, this.#backend.sizeBytes - start));
     this.stats.windowsFetched++;
-    const fetching = this.#fetch(start, bytes).then(() => bytes);
+    const fetching = this.#backend.read(start, bytes).then(() => bytes);
     this.#windows.set(index, fetching);
     // A failed fetch is not cached: the next read tries again.
     fetching.catch(() => {
@@ -140,4 +164,9 @@ export class ReadAhead {
     }
     return fetching;
   }
+}
+
+/** `backend` behind read-ahead when `options` asks for it, else `backend` itself. */
+export function withReadAhead(backend: BlockBackend, options?: ReadAheadOptions): BlockBackend {
+  return options ? new ReadAhead(backend, options) : backend;
 }

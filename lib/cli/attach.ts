@@ -12,7 +12,7 @@
 import { spawn } from "node:child_process";
 import { openSync } from "node:fs";
 import { describeError, ErrnoError, ExitCode, exitCodeFor, UsageError } from "../errors.ts";
-import { ResilientImage } from "../failover.ts";
+import { ResilientImage } from "../failover/mod.ts";
 import { findFreeDevice, linuxKernelNbd, listNbdDevices } from "../kernel/nbd_device.ts";
 import { errnoNumber } from "../errno.ts";
 import { runDaemon } from "../device/daemon.ts";
@@ -26,6 +26,7 @@ import {
   removeState,
   runDir,
 } from "../device/state.ts";
+import { withReadAhead } from "../readahead.ts";
 import { parseSpec } from "../spec.ts";
 import { selfCommand } from "../runtime.ts";
 import { humanBytes } from "./info.ts";
@@ -204,6 +205,7 @@ export async function attach(args: string[], out: (line: string) => void): Promi
       device,
       specText,
       backend: image,
+      front: withReadAhead(image, options.readAhead),
       kernel,
       blockSizeBytes,
       maxInflight,

@@ -10,8 +10,9 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ADDRESS_FORMS } from "../address.ts";
 import { UsageError } from "../errors.ts";
-import type { ResilientOptions } from "../failover.ts";
+import type { ResilientOptions } from "../failover/mod.ts";
 import type { OpenOptions } from "../image.ts";
+import type { ReadAheadOptions } from "../readahead.ts";
 import { setupLogging, type Verbosity } from "../log.ts";
 import { SPEC_FORMS } from "../spec.ts";
 
@@ -213,7 +214,13 @@ export const resilienceHelp =
   } MiB cache (a power of two, 4 to 4096; 0 = off,
                       the default)`;
 
-/** Server and resilience options, checked against the number of SPECs, as {@link ResilientOptions}. */
+/** The resilient image's options, and the read-ahead to put in front of it. */
+export interface BackendOptions extends ResilientOptions {
+  /** Read-ahead for a read-only image (see {@link ReadAheadOptions}); none by default. */
+  readAhead?: ReadAheadOptions;
+}
+
+/** Server and resilience options, checked against the number of SPECs, as {@link BackendOptions}. */
 export function resilientOptions(
   values: Parameters<typeof openOptions>[0] & {
     rw?: boolean;
@@ -223,8 +230,8 @@ export function resilientOptions(
     readahead?: string;
   },
   specCount: number,
-): ResilientOptions {
-  const options: ResilientOptions = openOptions(values);
+): BackendOptions {
+  const options: BackendOptions = openOptions(values);
   options.writable = values.rw ?? false;
   if (options.writable && specCount > 1) {
     throw new UsageError(

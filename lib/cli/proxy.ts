@@ -9,9 +9,10 @@
 
 import { formatAddress } from "../address.ts";
 import { ExitCode, UsageError } from "../errors.ts";
-import { ResilientImage } from "../failover.ts";
+import { ResilientImage } from "../failover/mod.ts";
 import { logger } from "../log.ts";
 import { NbdProxy, parseListenAddress } from "../nbd/proxy.ts";
+import { withReadAhead } from "../readahead.ts";
 import { parseSpec } from "../spec.ts";
 import { humanBytes } from "./info.ts";
 import {
@@ -76,7 +77,7 @@ export async function proxy(args: string[], out: (line: string) => void): Promis
   let server: NbdProxy;
   try {
     server = await NbdProxy.listen({
-      backend: image,
+      backend: withReadAhead(image, options.readAhead),
       listen,
       name,
       description: specTexts.join(" "),

@@ -37,7 +37,13 @@ export interface ServedBackend extends BlockBackend {
 export interface DaemonOptions {
   device: string;
   specText: string;
+  /** The image: named in the state file with its counters, flushed and closed at detach. */
   backend: ServedBackend;
+  /**
+   * What the kernel's requests go to when something sits in front of
+   * `backend` (read-ahead); `backend` itself by default.
+   */
+  front?: BlockBackend;
   kernel: KernelNbd;
   blockSizeBytes: number;
   maxInflight?: number;
@@ -113,7 +119,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
       } finally {
         kernel.closeFd(kernelSide); // The kernel holds its own reference now.
       }
-      const engine = new NbdEngine(conn, backend, {
+      const engine = new NbdEngine(conn, options.front ?? backend, {
         maxInflight: options.maxInflight,
         exportSizeBytes: deviceBytes,
         onRequestError: (err, request) =>

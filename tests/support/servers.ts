@@ -514,7 +514,8 @@ function joinPath(dir: string, name: string): string {
   return `${dir.replace(/\/+$/, "")}/${name.replace(/^\/+/, "")}`;
 }
 
-function findBinary(name: string): string | null {
+/** The path of program `name` on PATH or in the sbin directories, or null. */
+export function findBinary(name: string): string | null {
   const dirs = [
     ...(Deno.env.get("PATH") ?? "").split(":").filter((d) => d !== ""),
     ...extraBinDirs,

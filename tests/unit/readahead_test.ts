@@ -2,31 +2,44 @@
  * Read-ahead windows: always the right bytes; a forward stream of small
  * reads costs one fetch per window; random and large reads pass through;
  * concurrent readers share a fetch; a failed fetch is not cached; the cache
- * stays within its bound.
+ * stays within its bound. As a backend wrapper: only in front of a
+ * read-only backend, writes and flushes passed to it.
  *
  * @module
  */
 
 import assert from "node:assert/strict";
-import { ReadAhead } from "../../lib/readahead.ts";
+import type { BlockBackend } from "../../lib/backend.ts";
+import { ReadAhead, withReadAhead } from "../../lib/readahead.ts";
 import { randomBytes } from "../support/random.ts";
+import { MemoryBackend } from "./support/memory_backend.ts";
 
 const KiB = 1024;
 
-/** A ReadAhead over `image`, recording every fetch. */
+/** A ReadAhead over a read-only backend holding `image`, recording every fetch. */
 function over(image: Uint8Array, windowBytes = 64 * KiB, cacheBytes = 1024 * KiB) {
   const fetches: { offset: number; length: number }[] = [];
   let failNext = false;
-  const cache = new ReadAhead(image.length, { windowBytes, cacheBytes }, (offset, dest) => {
-    fetches.push({ offset, length: dest.length });
-    if (failNext) {
-      failNext = false;
-      return Promise.reject(new Error("server gone"));
-    }
-    assert.ok(offset + dest.length <= image.length, `fetch past the end: ${offset}+${dest.length}`);
-    dest.set(image.subarray(offset, offset + dest.length));
-    return Promise.resolve();
-  });
+  const backend: BlockBackend = {
+    sizeBytes: image.length,
+    readOnly: true,
+    read(offset, dest) {
+      fetches.push({ offset, length: dest.length });
+      if (failNext) {
+        failNext = false;
+        return Promise.reject(new Error("server gone"));
+      }
+      assert.ok(
+        offset + dest.length <= image.length,
+        `fetch past the end: ${offset}+${dest.length}`,
+      );
+      dest.set(image.subarray(offset, offset + dest.length));
+      return Promise.resolve();
+    },
+    write: () => Promise.reject(new Error("read-only")),
+    flush: () => Promise.resolve(),
+  };
+  const cache = new ReadAhead(backend, { windowBytes, cacheBytes });
   return { cache, fetches, failOnce: () => failNext = true };
 }
 
@@ -163,8 +176,29 @@ Deno.test("the cache keeps at most its bound, least recently used out first", as
 Deno.test("a window that is not a power of two of at least 4 KiB is refused", () => {
   for (const windowBytes of [0, 2048, 5000, 65535]) {
     assert.throws(
-      () => new ReadAhead(1 << 20, { windowBytes, cacheBytes: 1 << 20 }, () => Promise.resolve()),
+      () =>
+        new ReadAhead(new MemoryBackend(1 << 20, { readOnly: true }), {
+          windowBytes,
+          cacheBytes: 1 << 20,
+        }),
       RangeError,
     );
   }
+});
+
+Deno.test("read-ahead wraps only a read-only backend, and passes writes and flushes to it", async () => {
+  const options = { windowBytes: 64 * KiB, cacheBytes: 1024 * KiB };
+  assert.throws(() => new ReadAhead(new MemoryBackend(1 << 20), options), /read-only backend/);
+  const backend = new MemoryBackend(randomBytes(1 << 20, 37), { readOnly: true });
+  const cache = withReadAhead(backend, options);
+  assert.ok(cache instanceof ReadAhead);
+  assert.equal(cache.sizeBytes, 1 << 20);
+  assert.equal(cache.readOnly, true);
+  await assert.rejects(cache.write(0, new Uint8Array(512)), /read-only MemoryBackend/);
+  await cache.flush();
+  assert.deepEqual(backend.entries("start"), [
+    "start write 0+512",
+    "start flush",
+  ]);
+  assert.equal(withReadAhead(backend, undefined), backend, "no options: the backend itself");
 });

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { freePort, serverUnavailable } from "../../support/servers.ts";
+import { findBinary, freePort, serverUnavailable } from "./servers.ts";
 
 /** A diod on a fixed loopback port that can be killed, stopped and started again. */
 export interface RestartableDiod {
@@ -61,6 +61,8 @@ export async function startRestartableDiod(
   dir: string,
   port = freePort(),
 ): Promise<RestartableDiod> {
+  // Where serverUnavailable found it: sbin may not be on PATH.
+  const binary = findBinary("diod") ?? "diod";
   const exportDir = await Deno.realPath(dir);
   const workDir = await Deno.makeTempDir({ prefix: "9nbd-fodiod-" });
   const config = `${workDir}/diod.conf`;
@@ -78,7 +80,7 @@ export async function startRestartableDiod(
       // resumed after SIGSTOP, it answers on a connection the client has closed meanwhile.
       const proc = new Deno.Command("sh", {
         args: [
-          ...["-c", `trap '' PIPE; exec "$0" "$@"`, "diod"],
+          ...["-c", `trap '' PIPE; exec "$0" "$@"`, binary],
           ...["-f", "-n", "-c", config, "-N", "-S"],
           ...(Deno.uid() === 0 ? ["-U", "root"] : []),
           ...["-L", "stderr", "-l", `127.0.0.1:${port}`],
