@@ -175,3 +175,15 @@ export function errnoNumber(name: string): number {
   if (!Object.hasOwn(Errno, name)) throw new Error(`unknown errno name ${name}`);
   return Errno[name as ErrnoName];
 }
+
+/**
+ * The errno of a failed file operation (a Deno or node:fs error, whose
+ * `code` is the errno's name), EIO when it carries none this table knows.
+ */
+export function errnoOf(err: unknown): number {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && Object.hasOwn(Errno, code)) return Errno[code as ErrnoName];
+  if (err instanceof Deno.errors.NotFound) return Errno.ENOENT;
+  if (err instanceof Deno.errors.PermissionDenied) return Errno.EACCES;
+  return Errno.EIO;
+}

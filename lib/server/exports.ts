@@ -21,26 +21,9 @@ import { constants } from "node:fs";
 import { open as openFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { resolve as resolvePath } from "node:path";
+import { Errno, errnoOf } from "../errno.ts";
 import { P9Error } from "../errors.ts";
 import { type Qid, QidType } from "../p9/wire.ts";
-
-/** Linux errnos the server answers with. */
-export const Errno = {
-  EPERM: 1,
-  ENOENT: 2,
-  EIO: 5,
-  EBADF: 9,
-  EACCES: 13,
-  EEXIST: 17,
-  ENOTDIR: 20,
-  EISDIR: 21,
-  EINVAL: 22,
-  EMFILE: 24,
-  EROFS: 30,
-  ENAMETOOLONG: 36,
-  EPROTO: 71,
-  EOPNOTSUPP: 95,
-} as const;
 
 /** One exported path. */
 export interface ExportRoot {
@@ -200,32 +183,4 @@ function step(names: string[], name: string, operation: string): string[] {
 function trimSlashes(path: string): string {
   const trimmed = path.replace(/\/+$/, "");
   return trimmed === "" && path.startsWith("/") ? "/" : trimmed;
-}
-
-/** The Linux errno of a failed file operation (Deno or node:fs error), EIO when unknown. */
-export function errnoOf(err: unknown): number {
-  const code = (err as { code?: unknown })?.code;
-  if (typeof code === "string") {
-    const known: Record<string, number> = {
-      ENOENT: Errno.ENOENT,
-      ENOTDIR: Errno.ENOTDIR,
-      EACCES: Errno.EACCES,
-      EPERM: Errno.EPERM,
-      EISDIR: Errno.EISDIR,
-      ELOOP: 40,
-      ENAMETOOLONG: Errno.ENAMETOOLONG,
-      EROFS: Errno.EROFS,
-      ENOSPC: 28,
-      EFBIG: 27,
-      EMFILE: Errno.EMFILE,
-      ENFILE: 23,
-      EINVAL: Errno.EINVAL,
-      EBADF: Errno.EBADF,
-      EDQUOT: 122,
-    };
-    if (code in known) return known[code];
-  }
-  if (err instanceof Deno.errors.NotFound) return Errno.ENOENT;
-  if (err instanceof Deno.errors.PermissionDenied) return Errno.EACCES;
-  return Errno.EIO;
 }

@@ -21,7 +21,8 @@ import {
   QidType,
   RREAD_HEADER_BYTES,
 } from "../p9/wire.ts";
-import { Errno, type ExportTable, openNode } from "./exports.ts";
+import { Errno } from "../errno.ts";
+import { type ExportTable, openNode } from "./exports.ts";
 import { Fid, type FidTable } from "./fids.ts";
 
 /** What a handler may look at: the connection's state. */

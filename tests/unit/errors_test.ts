@@ -110,3 +110,13 @@ Deno.test("a local errno and a server's Rlerror with that errno end the same way
   assert.equal(nbdErrorFor(new ErrnoError(28, "write")), 28);
   assert.equal(nbdErrorFor(new ErrnoError(21, "open")), 5, "no block meaning: EIO");
 });
+
+Deno.test("errnoOf reads a file error's errno name, and falls back to EIO", async () => {
+  const { Errno, errnoOf } = await import("../../lib/errno.ts");
+  const missing = await Deno.stat("/nonexistent-9nbd-test").catch((err) => err);
+  assert.equal(errnoOf(missing), Errno.ENOENT);
+  assert.equal(errnoOf(Object.assign(new Error("x"), { code: "ELOOP" })), Errno.ELOOP);
+  assert.equal(errnoOf(Object.assign(new Error("x"), { code: "ENOTANERRNO" })), Errno.EIO);
+  assert.equal(errnoOf("not an error"), Errno.EIO);
+  assert.equal(errnoOf(null), Errno.EIO);
+});
