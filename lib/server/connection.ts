@@ -24,7 +24,7 @@ import { logger } from "../log.ts";
 import { type ByteStream, FrameReader, writeAll } from "../p9/transport.ts";
 import { decode, encode, MsgType, msgTypeName, NOTAG, peekHeader } from "../p9/wire.ts";
 import { Errno } from "../errno.ts";
-import { type ExportTable } from "./exports.ts";
+import type { ExportTable } from "./exports.ts";
 import { FidTable } from "./fids.ts";
 import {
   handle,

@@ -10,7 +10,7 @@
 import type { FileHandle } from "node:fs/promises";
 import { P9Error } from "../errors.ts";
 import { Errno } from "../errno.ts";
-import { type Node } from "./exports.ts";
+import type { Node } from "./exports.ts";
 
 /** What an open fid reads from. */
 export type Opened =
