@@ -215,7 +215,7 @@ async function demoHere(): Promise<void> {
 
 async function demoInVm(reason: string): Promise<void> {
   say(`${reason}: running the same demo inside a VM with Debian's kernel`);
-  const { runInVm, vmUnavailable } = await import("../tests/vm/vm.ts");
+  const { runInVm, vmUnavailable } = await import("../tools/vm.ts");
   const unavailable = await vmUnavailable();
   if (unavailable) throw new Error(`the VM cannot run either: ${unavailable}`);
   const script = [

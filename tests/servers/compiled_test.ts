@@ -10,7 +10,7 @@
 
 import assert from "node:assert/strict";
 import { runCli } from "../support/cli.ts";
-import { serverUnavailable, startDiod } from "../support/servers.ts";
+import { serverUnavailable, startDiod } from "../../tools/servers.ts";
 
 const root = new URL("../..", import.meta.url).pathname;
 

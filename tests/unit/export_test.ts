@@ -21,7 +21,7 @@ import {
 } from "../../lib/server/export.ts";
 import { decodeRreaddir, encodeTreaddir, LocalType } from "../../lib/server/wire_local.ts";
 import { parseSpec } from "../../lib/spec.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const IMAGE_BYTES = 8 * 1024 * 1024 + 4321;
 

@@ -27,14 +27,14 @@ import {
   diodUnavailable,
   type RestartableDiod,
   startRestartableDiod,
-} from "./support/failover_diod.ts";
+} from "../../tools/restartable_diod.ts";
 import {
   HostileImageServer,
   type HostileServerOptions,
   HOSTILITIES,
   type Hostility,
 } from "./support/hostile_9p_server.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const IMAGE_BYTES = 1 << 20;
 

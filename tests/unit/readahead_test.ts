@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { ReadAhead } from "../../lib/readahead.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const KiB = 1024;
 

@@ -3,13 +3,13 @@
  * (SIGKILL: the kernel resets its connections), hang (SIGSTOP: sockets stay
  * open, nothing answers), resume (SIGCONT) and restart on the same port, as
  * a rebooting server comes back at the same address. `startDiod` in
- * tests/support/servers.ts picks a new port every time, so it cannot do the
+ * tools/servers.ts picks a new port every time, so it cannot do the
  * last part.
  *
  * @module
  */
 
-import { freePort, serverUnavailable } from "../../support/servers.ts";
+import { freePort, serverUnavailable } from "./servers.ts";
 
 /** A diod on a fixed loopback port that can be killed, stopped and started again. */
 export interface RestartableDiod {
