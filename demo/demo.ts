@@ -8,11 +8,25 @@
  * Where this kernel has no NBD driver (or we are not root) it says so in
  * one line and runs the same demo inside the test VM with Debian's kernel.
  *
+ * It first makes sure the Debian packages it needs (tools/packages.ts) are
+ * there: as root on Debian it installs what is missing, saying so in one line.
+ *
+ * Exit status: 0 the demo ran and no error reached the reader; 1 a step of
+ * the demo failed (one line says which); 3 it cannot run here: something it
+ * needs is missing and cannot be installed (not root, not Debian, no package
+ * source) or the VM cannot start (one line says what to install or fix).
+ *
  * @module
  */
 
 import { createHash } from "node:crypto";
 import { v8FlagsArgument } from "../lib/runtime.ts";
+import {
+  type DebianPackage,
+  DEMO_PACKAGES,
+  ensurePackages,
+  VM_PACKAGES,
+} from "../tools/packages.ts";
 
 const repo = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const mainTs = `${repo}/main.ts`;
@@ -20,6 +34,17 @@ const inGuest = Deno.args.includes("--here");
 
 function say(line: string): void {
   console.log(`demo: ${line}`);
+}
+
+/** The demo cannot run on this machine as it is (exit 3), as opposed to a step that failed. */
+class CannotRun extends Error {
+  override name = "CannotRun";
+}
+
+/** Installs what is missing of `packages` or throws {@linkcode CannotRun} saying what to install. */
+async function ensure(packages: readonly DebianPackage[], purpose: string): Promise<void> {
+  const ensured = await ensurePackages("demo", packages, purpose);
+  if (!ensured.ok) throw new CannotRun(ensured.reason);
 }
 
 /** Show a command as a user would type it (`9nbd ...` rather than `deno run ... main.ts`). */
@@ -58,8 +83,11 @@ async function nbdHere(): Promise<string | null> {
     }
   };
   if (present()) return null;
-  await new Deno.Command("modprobe", { args: ["nbd"], stdout: "null", stderr: "null" }).output()
-    .catch(() => {});
+  try {
+    await new Deno.Command("modprobe", { args: ["nbd"], stdout: "null", stderr: "null" }).output();
+  } catch {
+    // No modprobe: the device check below says what matters.
+  }
   return present() ? null : "this kernel has no NBD driver";
 }
 
@@ -215,9 +243,10 @@ async function demoHere(): Promise<void> {
 
 async function demoInVm(reason: string): Promise<void> {
   say(`${reason}: running the same demo inside a VM with Debian's kernel`);
+  await ensure(VM_PACKAGES, "to run the demo in a VM");
   const { runInVm, vmUnavailable } = await import("../tools/vm.ts");
   const unavailable = await vmUnavailable();
-  if (unavailable) throw new Error(`the VM cannot run either: ${unavailable}`);
+  if (unavailable) throw new CannotRun(`the VM cannot run: ${unavailable}`);
   const script = [
     "modprobe nbd; modprobe ext4",
     `cd ${JSON.stringify(repo)}`,
@@ -232,10 +261,16 @@ async function demoInVm(reason: string): Promise<void> {
 }
 
 try {
+  // In the VM the host has already checked the packages (the guest's root is the host's).
+  if (!inGuest) await ensure(DEMO_PACKAGES, "to build and attach the demo's image");
   const reason = inGuest ? null : await nbdHere();
   if (reason) await demoInVm(reason);
   else await demoHere();
 } catch (err) {
+  if (err instanceof CannotRun) {
+    console.error(`demo: cannot run here: ${err.message}`);
+    Deno.exit(3);
+  }
   console.error(`demo: FAILED: ${err instanceof Error ? err.message : err}`);
   Deno.exit(1);
 }

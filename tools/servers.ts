@@ -31,6 +31,8 @@
  * @module
  */
 
+import { findProgram, isFile } from "./packages.ts";
+
 /** Which 9P server implementation a {@link RunningServer} is. */
 export type ServerKind = "diod" | "ganesha";
 
@@ -79,8 +81,6 @@ const startAttempts = 3;
 /** Keep only the tail of a server's output: enough to explain a failure, bounded in memory. */
 const keptOutputBytes = 64 * 1024;
 
-/** diod's Debian package installs to /usr/sbin, which a non-root PATH may lack. */
-const extraBinDirs = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
 /** The VFS FSAL is a separate Debian package (nfs-ganesha-vfs); without it no export loads. */
 const ganeshaVfsFsalPaths = [
   "/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so",
@@ -130,9 +130,9 @@ export function freePort(hostname = "127.0.0.1"): number {
  */
 export function serverUnavailable(kind: ServerKind): string | null {
   if (kind === "diod") {
-    return findBinary("diod") === null ? "diod is not installed (Debian package diod)" : null;
+    return findProgram("diod") === null ? "diod is not installed (Debian package diod)" : null;
   }
-  if (findBinary("ganesha.nfsd") === null) {
+  if (findProgram("ganesha.nfsd") === null) {
     return "ganesha.nfsd is not installed (Debian package nfs-ganesha)";
   }
   if (!ganeshaVfsFsalPaths.some(isFile)) {
@@ -151,7 +151,7 @@ export function serverUnavailable(kind: ServerKind): string | null {
  * @throws Error with diod's output when it exits or never listens.
  */
 export async function startDiod(options: ServerOptions): Promise<RunningServer> {
-  const binary = findBinary("diod");
+  const binary = findProgram("diod");
   if (binary === null) throw new Error(serverUnavailable("diod") ?? "diod not found");
   const host = options.host ?? "127.0.0.1";
   if (host.includes(":")) {
@@ -200,7 +200,7 @@ export async function startDiod(options: ServerOptions): Promise<RunningServer> 
  * @throws Error with ganesha's log when it exits or never listens.
  */
 export async function startGanesha(options: ServerOptions): Promise<RunningServer> {
-  const binary = findBinary("ganesha.nfsd");
+  const binary = findProgram("ganesha.nfsd");
   const unavailable = serverUnavailable("ganesha");
   if (binary === null || unavailable !== null) throw new Error(unavailable ?? "ganesha not found");
   const host = options.host ?? "127.0.0.1";
@@ -512,24 +512,4 @@ function hostForSpec(host: string): string {
 
 function joinPath(dir: string, name: string): string {
   return `${dir.replace(/\/+$/, "")}/${name.replace(/^\/+/, "")}`;
-}
-
-function findBinary(name: string): string | null {
-  const dirs = [
-    ...(Deno.env.get("PATH") ?? "").split(":").filter((d) => d !== ""),
-    ...extraBinDirs,
-  ];
-  for (const dir of dirs) {
-    const candidate = `${dir}/${name}`;
-    if (isFile(candidate)) return candidate;
-  }
-  return null;
-}
-
-function isFile(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
 }
