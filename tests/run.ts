@@ -5,8 +5,8 @@
  *
  * Before a tier runs, the Debian packages it needs (tools/packages.ts) are
  * installed if missing and this is root on Debian. A tier whose packages
- * cannot be installed here is not run: it prints
- * `SKIPPED: <tier>: <what to install>` (a failure under `CI=true`).
+ * cannot be installed here, or that needs root and is run by another user, is
+ * not run: it prints `SKIPPED: <tier>: <reason>` (a failure under `CI=true`).
  *
  * Usage: deno task test [TIER...]   (tiers: unit servers vm; default all)
  *
@@ -18,12 +18,13 @@
  */
 
 import { ensurePackages, TIER_PACKAGES } from "../tools/packages.ts";
-import { skippedLines, skipTier } from "./support/tier.ts";
+import { skipLine, skippedLines, skipTier } from "./support/tier.ts";
 
-const tiers: Record<string, { dir: string; parallel: boolean }> = {
-  unit: { dir: "tests/unit", parallel: true },
-  servers: { dir: "tests/servers", parallel: false },
-  vm: { dir: "tests/vm", parallel: false },
+/** The tiers; `root`: the tier starts servers and devices that only root can. */
+const tiers: Record<string, { dir: string; parallel: boolean; root: boolean }> = {
+  unit: { dir: "tests/unit", parallel: true, root: false },
+  servers: { dir: "tests/servers", parallel: false, root: true },
+  vm: { dir: "tests/vm", parallel: false, root: true },
 };
 
 const root = new URL("..", import.meta.url).pathname;
@@ -58,11 +59,13 @@ async function tee(
 for (const name of wanted) {
   const tier = tiers[name];
   console.log(`\n### tier ${name} (${tier.dir})`);
-  const ensured = await ensurePackages("test", TIER_PACKAGES[name], `for the ${name} tier`);
+  const ensured = tier.root && Deno.uid() !== 0
+    ? { ok: false as const, reason: "it runs only as root" }
+    : await ensurePackages("test", TIER_PACKAGES[name], `for the ${name} tier`);
   if (!ensured.ok) {
     try {
       skipTier(name, ensured.reason);
-      skipped.push(`SKIPPED: ${name}: ${ensured.reason}`);
+      skipped.push(skipLine(name, ensured.reason));
       report.push(`  ${name.padEnd(8)} SKIPPED`);
     } catch (err) {
       // Under CI a tier that cannot run is a failure.
