@@ -28,7 +28,7 @@ import {
   diodUnavailable,
   type RestartableDiod,
   startRestartableDiod,
-} from "../tests/support/failover_diod.ts";
+} from "../tools/restartable_diod.ts";
 
 const IMAGE_BYTES = 32 * 1024 * 1024;
 const READ_BYTES = 65536;

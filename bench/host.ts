@@ -8,7 +8,7 @@
  * @module
  */
 
-import { startDiod } from "../tests/support/servers.ts";
+import { startDiod } from "../tools/servers.ts";
 import {
   type BenchServer,
   FIO_JOBS,

@@ -8,7 +8,7 @@
 
 import { v8FlagsArgument } from "../lib/runtime.ts";
 
-export { randomBytes } from "../tests/support/random.ts";
+export { randomBytes } from "../tools/random.ts";
 
 /** The checkout. */
 export const repoDir = new URL("..", import.meta.url).pathname.replace(/\/$/, "");

@@ -1,6 +1,6 @@
 /**
  * VM benchmarks: the real kernel path, in Debian's kernel under QEMU TCG
- * (tests/vm/vm.ts `runInVm`). Inside the guest, four block devices hold
+ * (tools/vm.ts `runInVm`). Inside the guest, four block devices hold
  * identical copies of one ext4 image:
  *
  * - `9nbd`: /dev/nbd0 attached by `9nbd attach --rw` → diod (TCP, loopback);
@@ -21,8 +21,8 @@
  * @module
  */
 
-import { guestPrelude, makeTree } from "../tests/vm/guest.ts";
-import { runInVm, vmUnavailable } from "../tests/vm/vm.ts";
+import { guestPrelude, makeTree } from "../tools/guest.ts";
+import { runInVm, vmUnavailable } from "../tools/vm.ts";
 import { FIO_JOBS, type FioResult, median, parseFio } from "./lib.ts";
 
 export interface VmBenchOptions {

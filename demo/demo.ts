@@ -8,11 +8,25 @@
  * Where this kernel has no NBD driver (or we are not root) it says so in
  * one line and runs the same demo inside the test VM with Debian's kernel.
  *
+ * It first makes sure the Debian packages it needs (tools/packages.ts) are
+ * there: as root on Debian it installs what is missing, saying so in one line.
+ *
+ * Exit status: 0 the demo ran and no error reached the reader; 1 a step of
+ * the demo failed (one line says which); 3 it cannot run here: something it
+ * needs is missing and cannot be installed (not root, not Debian, no package
+ * source) or the VM cannot start (one line says what to install or fix).
+ *
  * @module
  */
 
 import { createHash } from "node:crypto";
 import { v8FlagsArgument } from "../lib/runtime.ts";
+import {
+  type DebianPackage,
+  DEMO_PACKAGES,
+  ensurePackages,
+  VM_PACKAGES,
+} from "../tools/packages.ts";
 
 const repo = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const mainTs = `${repo}/main.ts`;
@@ -20,6 +34,17 @@ const inGuest = Deno.args.includes("--here");
 
 function say(line: string): void {
   console.log(`demo: ${line}`);
+}
+
+/** The demo cannot run on this machine as it is (exit 3), as opposed to a step that failed. */
+class CannotRun extends Error {
+  override name = "CannotRun";
+}
+
+/** Installs what is missing of `packages` or throws {@linkcode CannotRun} saying what to install. */
+async function ensure(packages: readonly DebianPackage[], purpose: string): Promise<void> {
+  const ensured = await ensurePackages("demo", packages, purpose);
+  if (!ensured.ok) throw new CannotRun(ensured.reason);
 }
 
 /** Show a command as a user would type it (`9nbd ...` rather than `deno run ... main.ts`). */
@@ -58,8 +83,11 @@ async function nbdHere(): Promise<string | null> {
     }
   };
   if (present()) return null;
-  await new Deno.Command("modprobe", { args: ["nbd"], stdout: "null", stderr: "null" }).output()
-    .catch(() => {});
+  try {
+    await new Deno.Command("modprobe", { args: ["nbd"], stdout: "null", stderr: "null" }).output();
+  } catch {
+    // No modprobe: the device check below says what matters.
+  }
   return present() ? null : "this kernel has no NBD driver";
 }
 
@@ -70,8 +98,12 @@ function freePort(): number {
   return port;
 }
 
-async function waitPort(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
+/**
+ * Waits until `port` accepts connections. The bound is generous: in the VM (TCG, on a machine
+ * that may be busy) a cold `deno run` of 9nbd can take many seconds before it listens.
+ */
+async function waitPort(port: number, timeoutMs = 60_000): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline;) {
     try {
       (await Deno.connect({ hostname: "127.0.0.1", port })).close();
       return;
@@ -215,27 +247,41 @@ async function demoHere(): Promise<void> {
 
 async function demoInVm(reason: string): Promise<void> {
   say(`${reason}: running the same demo inside a VM with Debian's kernel`);
-  const { runInVm, vmUnavailable } = await import("../tests/vm/vm.ts");
+  await ensure(VM_PACKAGES, "to run the demo in a VM");
+  const { runInVm, vmUnavailable } = await import("../tools/vm.ts");
   const unavailable = await vmUnavailable();
-  if (unavailable) throw new Error(`the VM cannot run either: ${unavailable}`);
+  if (unavailable) throw new CannotRun(`the VM cannot run: ${unavailable}`);
+  // The guest sees the host's Deno cache (read-only) and runs under TCG: compiling 9nbd once
+  // here saves the guest doing it, slowly, every run of a fresh checkout.
+  const [deno, ...warm] = nbd9("--version");
+  await new Deno.Command(deno, { args: warm, stdout: "null", stderr: "null" }).output();
+  // The demo's exit status is the script's, which the VM reports.
   const script = [
     "modprobe nbd; modprobe ext4",
     `cd ${JSON.stringify(repo)}`,
-    `deno run -A demo/demo.ts --here; echo "@@EXIT $?"`,
+    "deno run -A demo/demo.ts --here",
   ].join("\n");
-  const run = await runInVm(script, { timeoutMs: 300_000 });
+  const timeoutMs = 300_000;
+  const run = await runInVm(script, { timeoutMs });
   // The guest's transcript, without the console's boot noise.
   for (const line of run.log.split("\n")) {
     if (/^(demo:| {2})/.test(line)) console.log(line.replace(/\r$/, ""));
   }
+  if (run.timedOut) throw new Error(`the VM did not finish within ${timeoutMs / 1000} s`);
   if (run.exitCode !== 0) throw new Error(`the demo failed in the VM (exit ${run.exitCode})`);
 }
 
 try {
+  // In the VM the host has already checked the packages (the guest's root is the host's).
+  if (!inGuest) await ensure(DEMO_PACKAGES, "to build and attach the demo's image");
   const reason = inGuest ? null : await nbdHere();
   if (reason) await demoInVm(reason);
   else await demoHere();
 } catch (err) {
+  if (err instanceof CannotRun) {
+    console.error(`demo: cannot run here: ${err.message}`);
+    Deno.exit(3);
+  }
   console.error(`demo: FAILED: ${err instanceof Error ? err.message : err}`);
   Deno.exit(1);
 }

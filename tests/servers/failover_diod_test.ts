@@ -15,8 +15,8 @@ import {
   diodUnavailable,
   type RestartableDiod,
   startRestartableDiod,
-} from "../support/failover_diod.ts";
-import { randomBytes } from "../support/random.ts";
+} from "../../tools/restartable_diod.ts";
+import { randomBytes } from "../../tools/random.ts";
 import { skipTier } from "../support/tier.ts";
 import { waitFor } from "../support/wait.ts";
 

@@ -11,9 +11,9 @@
 
 import assert from "node:assert/strict";
 import { mainTs, sha256Hex } from "../support/cli.ts";
-import { type RunningServer, serverUnavailable, startDiod } from "../support/servers.ts";
+import { type RunningServer, serverUnavailable, startDiod } from "../../tools/servers.ts";
 import { skipTier } from "../support/tier.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const IMAGE_BYTES = 48 * 1024 * 1024 + 4096;
 const SCRATCH_BYTES = 16 * 1024 * 1024;

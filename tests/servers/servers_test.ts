@@ -16,9 +16,9 @@ import {
   serverUnavailable,
   startDiod,
   startGanesha,
-} from "../support/servers.ts";
+} from "../../tools/servers.ts";
 import { skipTier } from "../support/tier.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const IMAGE_BYTES = 64 * 1024 * 1024;
 

@@ -29,7 +29,7 @@ import {
   startExportServer,
 } from "../../lib/server/export.ts";
 import { parseSpec } from "../../lib/spec.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const IMAGE_BYTES = 8 * 1024 * 1024 + 4321;
 

@@ -30,7 +30,7 @@ import {
   HOSTILITIES,
   type Hostility,
 } from "./support/hostile_9p_server.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 import { runCli } from "../support/cli.ts";
 import { waitFor } from "../support/wait.ts";
 

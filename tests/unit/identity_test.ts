@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { IdentityError, identityOf, ReplicaVerifier } from "../../lib/failover/identity.ts";
 import { parseSpec } from "../../lib/spec.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 import { MemoryBackend } from "./support/memory_backend.ts";
 
 const IMAGE_BYTES = 256 * 1024;

@@ -11,7 +11,7 @@ import { Image, type OpenOptions } from "../../lib/image.ts";
 import { MsgType } from "../../lib/p9/wire.ts";
 import { parseSpec } from "../../lib/spec.ts";
 import { type FileServerOptions, imageFileScript, listenUnix } from "./support/fake_9p_server.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 
 const PAYLOAD = 8192;
 const MSIZE = PAYLOAD + 24;

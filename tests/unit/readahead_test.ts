@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import type { BlockBackend } from "../../lib/backend.ts";
 import { ReadAhead, withReadAhead } from "../../lib/readahead.ts";
-import { randomBytes } from "../support/random.ts";
+import { randomBytes } from "../../tools/random.ts";
 import { MemoryBackend } from "./support/memory_backend.ts";
 
 const KiB = 1024;

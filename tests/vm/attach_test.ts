@@ -5,7 +5,8 @@
  * @module
  */
 
-import { makeTree, runGuestTests } from "./guest.ts";
+import { makeTree } from "../../tools/guest.ts";
+import { runGuestTests } from "./guest.ts";
 
 const SCRIPT = String.raw`
 mkdir -p /tmp/export /tmp/tree /mnt/ro /mnt/rw

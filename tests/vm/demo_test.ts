@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { skipTier } from "../support/tier.ts";
-import { vmUnavailable } from "./vm.ts";
+import { vmUnavailable } from "../../tools/vm.ts";
 
 const root = new URL("../..", import.meta.url).pathname;
 

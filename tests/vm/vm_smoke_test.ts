@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { runInVm, vmUnavailable } from "./vm.ts";
+import { runInVm, vmUnavailable } from "../../tools/vm.ts";
 
 /** Checks run in the guest; each prints one `@@TEST` line named as in `EXPECTED`. */
 const GUEST_SCRIPT = String.raw`

@@ -24,7 +24,7 @@ import {
   type Request,
   type Script,
 } from "./fake_9p_server.ts";
-import { randomBytes } from "../../support/random.ts";
+import { randomBytes } from "../../../tools/random.ts";
 
 /** The ways a {@link HostileImageServer} can answer a request it was armed for. */
 export const HOSTILITIES = [

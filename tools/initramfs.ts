@@ -166,7 +166,7 @@ async function readModule(path: string): Promise<Uint8Array> {
  * guest replaces with a fresh tmpfs: this checkout, Deno's binary, Deno's cache.
  */
 function pathsUnderTmp(): string[] {
-  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+  const repo = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
   const exe = Deno.execPath();
   const candidates = [repo, exe.slice(0, exe.lastIndexOf("/")), Deno.env.get("DENO_DIR") ?? ""];
   const under = candidates.filter((p) => p.startsWith("/tmp/"));

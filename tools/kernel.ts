@@ -9,6 +9,8 @@
  * @module
  */
 
+import { aptUpdateOnce } from "./packages.ts";
+
 /** Paths of an unpacked Debian kernel, ready to boot. */
 export interface Kernel {
   /** Kernel release as `uname -r` reports it in the guest, e.g. `6.1.0-56-amd64`. */
@@ -116,7 +118,9 @@ export async function ensureKernel(): Promise<Kernel> {
   } catch (err) {
     const cached = await cachedKernels(cacheDir);
     if (cached.length > 0) return cached[0];
-    throw err;
+    // A fresh machine may have no package lists yet: fetch them (once) and ask again.
+    if (Deno.uid() !== 0 || (await aptUpdateOnce()) !== null) throw err;
+    version = await debianKernelVersion();
   }
 
   const finalDir = `${cacheDir}/kernel-${version}`;

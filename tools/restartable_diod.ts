@@ -3,13 +3,14 @@
  * (SIGKILL: the kernel resets its connections), hang (SIGSTOP: sockets stay
  * open, nothing answers), resume (SIGCONT) and restart on the same port, as
  * a rebooting server comes back at the same address. `startDiod` in
- * tests/support/servers.ts picks a new port every time, so it cannot do the
+ * tools/servers.ts picks a new port every time, so it cannot do the
  * last part.
  *
  * @module
  */
 
-import { findBinary, freePort, serverUnavailable } from "./servers.ts";
+import { findProgram } from "./packages.ts";
+import { freePort, serverUnavailable } from "./servers.ts";
 
 /** A diod on a fixed loopback port that can be killed, stopped and started again. */
 export interface RestartableDiod {
@@ -62,7 +63,7 @@ export async function startRestartableDiod(
   port = freePort(),
 ): Promise<RestartableDiod> {
   // Where serverUnavailable found it: sbin may not be on PATH.
-  const binary = findBinary("diod") ?? "diod";
+  const binary = findProgram("diod") ?? "diod";
   const exportDir = await Deno.realPath(dir);
   const workDir = await Deno.makeTempDir({ prefix: "9nbd-fodiod-" });
   const config = `${workDir}/diod.conf`;
