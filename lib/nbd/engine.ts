@@ -140,6 +140,44 @@ export function deviceSizeBytes(imageSizeBytes: number, blockSizeBytes = SECTOR_
   return imageSizeBytes - imageSizeBytes % blockSizeBytes;
 }
 
+/**
+ * Where an {@link NbdEngine} is in its life. The stream is open in `ready`,
+ * `serving` and `draining`, and closed in every other state; the engine
+ * closes it exactly once, on leaving those three.
+ *
+ * - `ready`: constructed, {@link NbdEngine.serve} not yet called.
+ * - `serving`: reading requests, serving them, writing replies.
+ * - `draining`: the peer sent DISC or reached EOF, so nothing more is read;
+ *   requests in flight finish and reply. A reply write failing now is the
+ *   peer leaving, not a broken connection.
+ * - `stopping`: replies are dropped; serve() resolves once the backend calls
+ *   in flight settle.
+ * - `failing`: the peer broke the protocol or the socket failed; replies are
+ *   dropped and serve() rejects with that failure once the backend calls in
+ *   flight settle.
+ * - `cancelled`: stopped before serve() was called; serve() resolves at once.
+ * - `closed`: serve() has settled (the end state).
+ *
+ * Transitions:
+ *
+ *     ready     --serve()-----------------------------> serving
+ *     ready     --stop()------------------------------> cancelled
+ *     cancelled --serve()-----------------------------> closed     (resolves)
+ *     serving   --DISC or EOF-------------------------> draining
+ *     serving   --bad request, read or write failure--> failing
+ *     draining  --reply write fails-------------------> stopping
+ *     serving, draining, failing --stop()-------------> stopping   (serve() resolves)
+ *     draining, stopping, failing --nothing in flight-> closed
+ */
+type EngineState =
+  | "ready"
+  | "serving"
+  | "draining"
+  | "stopping"
+  | "failing"
+  | "cancelled"
+  | "closed";
+
 /** What a written (or dropped) reply gives back: a window slot, its bytes, maybe its buffer. */
 interface SentReply {
   /** The request buffer to recycle, unless a backend may still write into it. */
@@ -185,13 +223,8 @@ export class NbdEngine {
   readonly #pendingWrites = new Set<Promise<unknown>>();
   #zeros?: Uint8Array;
 
-  #serving = false;
-  #stopped = false;
-  /** The stream is closed or unusable; replies are dropped. */
-  #dead = false;
-  /** Reading ended by EOF or DISC: a failed reply write is then the peer leaving, not an error. */
-  #readingDone = false;
-  #closed = false;
+  #state: EngineState = "ready";
+  /** Why the engine is `failing`: what serve() rejects with. */
   #failure?: unknown;
 
   constructor(stream: ByteStream, backend: BlockBackend, options: NbdEngineOptions = {}) {
@@ -226,20 +259,19 @@ export class NbdEngine {
    * protocol and with {@link ConnectionError} when the socket fails.
    */
   async serve(): Promise<void> {
-    if (this.#serving) throw new Error("NbdEngine.serve() may be called only once");
-    this.#serving = true;
+    if (!this.#begin()) return;
     try {
-      await this.#readLoop();
+      await this.#readRequests();
+      this.#readingEnded();
     } catch (err) {
-      // The stream is out of step or broken, or (once dead) it is the close we did.
-      this.#failure ??= err;
-      this.#kill();
+      this.#readFailed(err);
     }
     // Requests in flight still hold backend calls and buffers: wait for them
     // so that when serve() settles, the backend is no longer being used.
     while (this.#inflight > 0) await this.#nextCompletion();
-    this.#close();
-    if (this.#failure !== undefined && !this.#stopped) throw this.#failure;
+    const failure = this.#state === "failing" ? this.#failure : undefined;
+    this.#enter("closed");
+    if (failure !== undefined) throw failure;
   }
 
   /**
@@ -248,17 +280,69 @@ export class NbdEngine {
    * flight settle.
    */
   stop(): void {
-    this.#stopped = true;
-    this.#kill();
+    switch (this.#state) {
+      case "ready":
+        this.#enter("cancelled");
+        break;
+      case "serving":
+      case "draining":
+      case "failing":
+        this.#enter("stopping");
+        break;
+      default:
+        // stopping, cancelled, closed: already ended.
+    }
   }
 
-  async #readLoop(): Promise<void> {
+  /** serve() was called: false if it has nothing to do (stopped before it started). */
+  #begin(): boolean {
+    if (this.#state === "cancelled") {
+      this.#enter("closed");
+      return false;
+    }
+    if (this.#state !== "ready") throw new Error("NbdEngine.serve() may be called only once");
+    this.#enter("serving");
+    return true;
+  }
+
+  /**
+   * DISC or EOF. Entered before any reply write can fail in a later turn, so
+   * that failure reads as the peer leaving.
+   */
+  #readingEnded(): void {
+    if (this.#state === "serving") this.#enter("draining");
+  }
+
+  /** The read loop threw: the stream is out of step or broken, unless we closed it ourselves. */
+  #readFailed(err: unknown): void {
+    if (this.#state !== "serving") return;
+    this.#failure = err;
+    this.#enter("failing");
+  }
+
+  /** The writer failed: fatal while serving; after DISC or EOF, the peer has left. */
+  #writeFailed(err: unknown): void {
+    if (this.#state === "serving") {
+      this.#failure = err instanceof ConnectionError
+        ? err
+        : new ConnectionError("NBD socket write failed", { cause: err });
+      this.#enter("failing");
+    } else if (this.#state === "draining") {
+      this.#enter("stopping");
+    }
+  }
+
+  /** Move to `next`; leaving the open states closes the stream and drops unwritten replies. */
+  #enter(next: EngineState): void {
+    const open = this.#state === "ready" || this.#state === "serving" ||
+      this.#state === "draining";
+    this.#state = next;
+    if (!open || next === "serving" || next === "draining") return;
+    this.#writer.close();
     try {
-      await this.#readRequests();
-    } finally {
-      // Set before any reply write can fail in a later turn, so that failure
-      // reads as the peer leaving rather than as a broken connection.
-      this.#readingDone = true;
+      this.#stream.close();
+    } catch {
+      // Already closed by the peer side or the runtime: nothing left to release.
     }
   }
 
@@ -266,8 +350,10 @@ export class NbdEngine {
     const header = new Uint8Array(REQUEST_BYTES);
     for (;;) {
       // A full window stops reading: back-pressure goes to the kernel's queue.
-      while (this.#inflight >= this.#maxInflight && !this.#dead) await this.#nextCompletion();
-      if (this.#dead) return;
+      while (this.#inflight >= this.#maxInflight && this.#state === "serving") {
+        await this.#nextCompletion();
+      }
+      if (this.#state !== "serving") return;
       // A header already buffered is taken without a turn of the event loop, so
       // a burst of requests from one socket read is admitted in a single turn
       // (and their 9P requests leave together). EOF, even mid-header, is the
@@ -296,11 +382,11 @@ export class NbdEngine {
       const dataBytes = refusal === NbdError.ok && carriesData(request) ? request.length : 0;
       while (
         this.#inflight > 0 && this.#inflightBytes + dataBytes > this.#maxInflightBytes &&
-        !this.#dead
+        this.#state === "serving"
       ) {
         await this.#nextCompletion();
       }
-      if (this.#dead) return;
+      if (this.#state !== "serving") return;
 
       let buffer: Uint8Array | undefined;
       if (request.type === NbdCommand.write) {
@@ -488,36 +574,8 @@ export class NbdEngine {
     for (const wake of waiters) wake();
   }
 
-  /** The writer failed: fatal while reading; after DISC or EOF, the peer has left. */
-  #writeFailed(err: unknown): void {
-    if (this.#dead) return;
-    if (!this.#readingDone) {
-      this.#failure ??= err instanceof ConnectionError
-        ? err
-        : new ConnectionError("NBD socket write failed", { cause: err });
-    }
-    this.#kill();
-  }
-
   #nextCompletion(): Promise<void> {
     return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  /** Mark the stream unusable, drop unwritten replies and close it (aborting a pending read). */
-  #kill(): void {
-    this.#dead = true;
-    this.#writer.close();
-    this.#close();
-  }
-
-  #close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      this.#stream.close();
-    } catch {
-      // Already closed by the peer side or the runtime: nothing left to release.
-    }
   }
 }
 
