@@ -98,6 +98,16 @@ export class Connection implements HandlerContext {
     return this.#dead;
   }
 
+  /** Requests read and not yet answered on the socket (at most `maxInflight`). */
+  get inflight(): number {
+    return this.#slotsUsed;
+  }
+
+  /** Reply bytes queued or being written, not yet taken by the socket. */
+  get unsentBytes(): number {
+    return this.#writer.pendingBytes;
+  }
+
   /** Serve until the client goes away or is dropped. Never throws. */
   async run(): Promise<void> {
     try {
