@@ -30,7 +30,7 @@
  */
 
 import { ConnectionError, TimeoutError, UsageError } from "./errors.ts";
-import type { ByteStream } from "./stream.ts";
+import type { ByteStream } from "./io.ts";
 
 /** A TCP server: a host name or IP address (IPv6 without brackets) and a port. */
 export interface TcpAddress {

@@ -6,9 +6,8 @@
  * bounded window ({@link NbdEngineOptions.maxInflight}); when the window is
  * full the engine stops reading, so the kernel's own queue (not our memory)
  * absorbs the back-pressure. Replies go out in completion order, matched by
- * cookie; they are serialized through one write chain so two replies never
- * interleave on the socket, and each is written fully (a stream write may be
- * partial).
+ * cookie, through one {@link BatchWriter}, so two replies never interleave on
+ * the socket and replies that complete together leave in one write.
  *
  * What ends a connection:
  * - DISC, or EOF from the peer: stop reading, let requests in flight finish
@@ -40,7 +39,7 @@ import {
   SIMPLE_REPLY_BYTES,
   TransmissionFlag,
 } from "./wire.ts";
-import { type ByteStream, writeAll } from "../stream.ts";
+import { BatchWriter, BufferedReader, type ByteStream } from "../io.ts";
 
 export type { ByteStream };
 
@@ -64,8 +63,6 @@ export const SECTOR_BYTES = 512;
 
 /** Bytes of the shared zero buffer WRITE_ZEROES writes from, chunk by chunk. */
 const ZERO_CHUNK_BYTES = 1024 * 1024;
-/** Largest batch of small replies coalesced into one socket write. */
-const SEND_BATCH_BYTES = 256 * 1024;
 /** Internal read buffer: headers and small payloads come out of it without a read call each. */
 const READ_BUFFER_BYTES = 256 * 1024;
 
@@ -144,6 +141,52 @@ export function deviceSizeBytes(imageSizeBytes: number, blockSizeBytes = SECTOR_
 }
 
 /**
+ * Where an {@link NbdEngine} is in its life. The stream is open in `ready`,
+ * `serving` and `draining`, and closed in every other state; the engine
+ * closes it exactly once, on leaving those three.
+ *
+ * - `ready`: constructed, {@link NbdEngine.serve} not yet called.
+ * - `serving`: reading requests, serving them, writing replies.
+ * - `draining`: the peer sent DISC or reached EOF, so nothing more is read;
+ *   requests in flight finish and reply. A reply write failing now is the
+ *   peer leaving, not a broken connection.
+ * - `stopping`: replies are dropped; serve() resolves once the backend calls
+ *   in flight settle.
+ * - `failing`: the peer broke the protocol or the socket failed; replies are
+ *   dropped and serve() rejects with that failure once the backend calls in
+ *   flight settle.
+ * - `cancelled`: stopped before serve() was called; serve() resolves at once.
+ * - `closed`: serve() has settled (the end state).
+ *
+ * Transitions:
+ *
+ *     ready     --serve()-----------------------------> serving
+ *     ready     --stop()------------------------------> cancelled
+ *     cancelled --serve()-----------------------------> closed     (resolves)
+ *     serving   --DISC or EOF-------------------------> draining
+ *     serving   --bad request, read or write failure--> failing
+ *     draining  --reply write fails-------------------> stopping
+ *     serving, draining, failing --stop()-------------> stopping   (serve() resolves)
+ *     draining, stopping, failing --nothing in flight-> closed
+ */
+type EngineState =
+  | "ready"
+  | "serving"
+  | "draining"
+  | "stopping"
+  | "failing"
+  | "cancelled"
+  | "closed";
+
+/** What a written (or dropped) reply gives back: a window slot, its bytes, maybe its buffer. */
+interface SentReply {
+  /** The request buffer to recycle, unless a backend may still write into it. */
+  buffer: Uint8Array | undefined;
+  /** READ or WRITE bytes the request counted against the data bound. */
+  dataBytes: number;
+}
+
+/**
  * Serves one NBD connection from a backend. Create it, call
  * {@link NbdEngine.serve} once; call {@link NbdEngine.stop} to end it early.
  *
@@ -160,7 +203,8 @@ export function deviceSizeBytes(imageSizeBytes: number, blockSizeBytes = SECTOR_
 export class NbdEngine {
   readonly #stream: ByteStream;
   readonly #backend: BlockBackend;
-  readonly #reader: StreamReader;
+  readonly #reader: BufferedReader;
+  readonly #writer: BatchWriter<SentReply>;
   readonly #maxInflight: number;
   readonly #maxRequestBytes: number;
   readonly #maxInflightBytes: number;
@@ -177,20 +221,10 @@ export class NbdEngine {
   #waiters: Array<() => void> = [];
   /** Backend writes in progress, which a FLUSH arriving now must wait for. */
   readonly #pendingWrites = new Set<Promise<unknown>>();
-  /** Replies waiting to be written, in order, and whether a writer is running. */
-  readonly #sendQueue: { bytes: Uint8Array; done: () => void }[] = [];
-  #sending = false;
-  #batchBuffer?: Uint8Array;
-  #sendDone: Promise<void> = Promise.resolve();
   #zeros?: Uint8Array;
 
-  #serving = false;
-  #stopped = false;
-  /** The stream is closed or unusable; replies are dropped. */
-  #dead = false;
-  /** Reading ended by EOF or DISC: a failed reply write is then the peer leaving, not an error. */
-  #readingDone = false;
-  #closed = false;
+  #state: EngineState = "ready";
+  /** Why the engine is `failing`: what serve() rejects with. */
   #failure?: unknown;
 
   constructor(stream: ByteStream, backend: BlockBackend, options: NbdEngineOptions = {}) {
@@ -205,7 +239,11 @@ export class NbdEngine {
     this.#imageSize = backend.sizeBytes;
     this.#exportSize = BigInt(options.exportSizeBytes ?? backend.sizeBytes);
     this.#onRequestError = options.onRequestError;
-    this.#reader = new StreamReader(stream, READ_BUFFER_BYTES);
+    this.#reader = new BufferedReader(stream, READ_BUFFER_BYTES);
+    this.#writer = new BatchWriter<SentReply>(stream, {
+      onDone: (reply) => this.#replied(reply),
+      onError: (err) => this.#writeFailed(err),
+    });
     this.#pool = new BufferPool(this.#maxInflight);
   }
 
@@ -221,21 +259,19 @@ export class NbdEngine {
    * protocol and with {@link ConnectionError} when the socket fails.
    */
   async serve(): Promise<void> {
-    if (this.#serving) throw new Error("NbdEngine.serve() may be called only once");
-    this.#serving = true;
+    if (!this.#begin()) return;
     try {
-      await this.#readLoop();
+      await this.#readRequests();
+      this.#readingEnded();
     } catch (err) {
-      // The stream is out of step or broken: nothing more can be said on it.
-      this.#failure ??= err;
-      this.#kill();
+      this.#readFailed(err);
     }
     // Requests in flight still hold backend calls and buffers: wait for them
     // so that when serve() settles, the backend is no longer being used.
     while (this.#inflight > 0) await this.#nextCompletion();
-    await this.#sendDone;
-    this.#close();
-    if (this.#failure !== undefined && !this.#stopped) throw this.#failure;
+    const failure = this.#state === "failing" ? this.#failure : undefined;
+    this.#enter("closed");
+    if (failure !== undefined) throw failure;
   }
 
   /**
@@ -244,17 +280,69 @@ export class NbdEngine {
    * flight settle.
    */
   stop(): void {
-    this.#stopped = true;
-    this.#kill();
+    switch (this.#state) {
+      case "ready":
+        this.#enter("cancelled");
+        break;
+      case "serving":
+      case "draining":
+      case "failing":
+        this.#enter("stopping");
+        break;
+      default:
+        // stopping, cancelled, closed: already ended.
+    }
   }
 
-  async #readLoop(): Promise<void> {
+  /** serve() was called: false if it has nothing to do (stopped before it started). */
+  #begin(): boolean {
+    if (this.#state === "cancelled") {
+      this.#enter("closed");
+      return false;
+    }
+    if (this.#state !== "ready") throw new Error("NbdEngine.serve() may be called only once");
+    this.#enter("serving");
+    return true;
+  }
+
+  /**
+   * DISC or EOF. Entered before any reply write can fail in a later turn, so
+   * that failure reads as the peer leaving.
+   */
+  #readingEnded(): void {
+    if (this.#state === "serving") this.#enter("draining");
+  }
+
+  /** The read loop threw: the stream is out of step or broken, unless we closed it ourselves. */
+  #readFailed(err: unknown): void {
+    if (this.#state !== "serving") return;
+    this.#failure = err;
+    this.#enter("failing");
+  }
+
+  /** The writer failed: fatal while serving; after DISC or EOF, the peer has left. */
+  #writeFailed(err: unknown): void {
+    if (this.#state === "serving") {
+      this.#failure = err instanceof ConnectionError
+        ? err
+        : new ConnectionError("NBD socket write failed", { cause: err });
+      this.#enter("failing");
+    } else if (this.#state === "draining") {
+      this.#enter("stopping");
+    }
+  }
+
+  /** Move to `next`; leaving the open states closes the stream and drops unwritten replies. */
+  #enter(next: EngineState): void {
+    const open = this.#state === "ready" || this.#state === "serving" ||
+      this.#state === "draining";
+    this.#state = next;
+    if (!open || next === "serving" || next === "draining") return;
+    this.#writer.close();
     try {
-      await this.#readRequests();
-    } finally {
-      // Set before any reply write can fail in a later turn, so that failure
-      // reads as the peer leaving rather than as a broken connection.
-      this.#readingDone = true;
+      this.#stream.close();
+    } catch {
+      // Already closed by the peer side or the runtime: nothing left to release.
     }
   }
 
@@ -262,13 +350,18 @@ export class NbdEngine {
     const header = new Uint8Array(REQUEST_BYTES);
     for (;;) {
       // A full window stops reading: back-pressure goes to the kernel's queue.
-      while (this.#inflight >= this.#maxInflight && !this.#dead) await this.#nextCompletion();
-      if (this.#dead) return;
+      while (this.#inflight >= this.#maxInflight && this.#state === "serving") {
+        await this.#nextCompletion();
+      }
+      if (this.#state !== "serving") return;
       // A header already buffered is taken without a turn of the event loop, so
       // a burst of requests from one socket read is admitted in a single turn
       // (and their 9P requests leave together). EOF, even mid-header, is the
       // peer leaving: end cleanly.
-      if (!this.#reader.takeBuffered(header) && await this.#readFull(header) < REQUEST_BYTES) {
+      if (
+        !this.#reader.takeBuffered(header) &&
+        await this.#reader.readFull(header) < REQUEST_BYTES
+      ) {
         return;
       }
       const request = decodeRequest(header);
@@ -289,22 +382,23 @@ export class NbdEngine {
       const dataBytes = refusal === NbdError.ok && carriesData(request) ? request.length : 0;
       while (
         this.#inflight > 0 && this.#inflightBytes + dataBytes > this.#maxInflightBytes &&
-        !this.#dead
+        this.#state === "serving"
       ) {
         await this.#nextCompletion();
       }
-      if (this.#dead) return;
+      if (this.#state !== "serving") return;
 
       let buffer: Uint8Array | undefined;
       if (request.type === NbdCommand.write) {
         // The payload is on the wire whatever the answer: consume it to stay in step.
         if (refusal !== NbdError.ok) {
-          if (!await this.#reader.discard(request.length, (e) => this.#readFailed(e))) return;
+          if (!await this.#reader.discard(request.length)) return;
         } else {
           buffer = this.#pool.acquire(request.length);
           const payload = buffer.subarray(SIMPLE_REPLY_BYTES, SIMPLE_REPLY_BYTES + request.length);
           if (
-            !this.#reader.takeBuffered(payload) && await this.#readFull(payload) < request.length
+            !this.#reader.takeBuffered(payload) &&
+            await this.#reader.readFull(payload) < request.length
           ) {
             return;
           }
@@ -356,13 +450,7 @@ export class NbdEngine {
       const forget = () => this.#pendingWrites.delete(work);
       work.then(forget, forget);
     }
-    void this.#reply(request, work, buffer).finally(() => {
-      this.#inflight--;
-      this.#inflightBytes -= dataBytes;
-      const waiters = this.#waiters;
-      this.#waiters = [];
-      for (const wake of waiters) wake();
-    });
+    void this.#reply(request, work, buffer, dataBytes);
   }
 
   /**
@@ -441,11 +529,12 @@ export class NbdEngine {
     return NbdError.ok;
   }
 
-  /** Wait for `work`, then write the reply; never rejects. */
+  /** Wait for `work`, then queue the reply; never rejects. */
   async #reply(
     request: NbdRequest,
     work: Promise<number>,
     buffer: Uint8Array | undefined,
+    dataBytes: number,
   ): Promise<void> {
     let error: number;
     let bufferReusable = true;
@@ -467,105 +556,26 @@ export class NbdEngine {
     const out = buffer ?? new Uint8Array(SIMPLE_REPLY_BYTES);
     encodeSimpleReply(error, request.cookie, out);
     const withData = error === NbdError.ok && request.type === NbdCommand.read;
-    await this.#send(out.subarray(0, SIMPLE_REPLY_BYTES + (withData ? request.length : 0)));
-    // Only once the reply is written: the stream may read from the buffer until then.
-    if (buffer && bufferReusable) this.#pool.release(buffer);
+    // The request keeps its window slot and its buffer until the reply is
+    // written: the stream reads from the buffer until then.
+    this.#writer.write(
+      out.subarray(0, SIMPLE_REPLY_BYTES + (withData ? request.length : 0)),
+      { buffer: bufferReusable ? buffer : undefined, dataBytes },
+    );
   }
 
-  /** Queue `bytes` behind every reply before it; resolves when written (or dropped). */
-  #send(bytes: Uint8Array): Promise<void> {
-    return new Promise((resolve) => {
-      this.#sendQueue.push({ bytes, done: resolve });
-      if (!this.#sending) {
-        this.#sending = true;
-        this.#sendDone = Promise.resolve().then(() => this.#drainSendQueue());
-      }
-    });
-  }
-
-  /**
-   * Write queued replies in order. Replies that completed while a write was
-   * in progress go out together in one write when they are small (4 KiB
-   * reads at a deep queue would otherwise cost a system call each).
-   */
-  async #drainSendQueue(): Promise<void> {
-    this.#sending = true;
-    try {
-      while (this.#sendQueue.length > 0) {
-        let count = 1;
-        let total = this.#sendQueue[0].bytes.length;
-        while (
-          count < this.#sendQueue.length && total < SEND_BATCH_BYTES &&
-          total + this.#sendQueue[count].bytes.length <= SEND_BATCH_BYTES
-        ) {
-          total += this.#sendQueue[count].bytes.length;
-          count++;
-        }
-        const batch = this.#sendQueue.splice(0, count);
-        let bytes = batch[0].bytes;
-        if (count > 1) {
-          // One buffer serves every batch: it is free again once the write resolves.
-          this.#batchBuffer ??= new Uint8Array(SEND_BATCH_BYTES);
-          bytes = this.#batchBuffer.subarray(0, total);
-          let at = 0;
-          for (const item of batch) {
-            bytes.set(item.bytes, at);
-            at += item.bytes.length;
-          }
-        }
-        await this.#writeAll(bytes);
-        for (const item of batch) item.done();
-      }
-    } finally {
-      this.#sending = false;
-    }
-  }
-
-  async #writeAll(bytes: Uint8Array): Promise<void> {
-    if (this.#dead) return;
-    try {
-      await writeAll(this.#stream, bytes);
-    } catch (err) {
-      if (this.#dead) return;
-      // After EOF/DISC the peer may be gone already; its replies are moot.
-      if (!this.#readingDone) {
-        this.#failure ??= err instanceof ConnectionError
-          ? err
-          : new ConnectionError("NBD socket write failed", { cause: err });
-      }
-      this.#kill();
-    }
-  }
-
-  /** Fill `dest` from the stream; fewer bytes means EOF (or the stream was closed under us). */
-  #readFull(dest: Uint8Array): Promise<number> {
-    return this.#reader.readFull(dest, (err) => this.#readFailed(err));
-  }
-
-  /** A stream read threw: after stop() or a fatal error that is the close we did; else fatal. */
-  #readFailed(err: unknown): void {
-    if (this.#dead) return;
-    throw new ConnectionError("NBD socket read failed", { cause: err });
+  /** A reply was written (or dropped): give back its slot, its bytes and its buffer. */
+  #replied(reply: SentReply): void {
+    if (reply.buffer) this.#pool.release(reply.buffer);
+    this.#inflight--;
+    this.#inflightBytes -= reply.dataBytes;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
   }
 
   #nextCompletion(): Promise<void> {
     return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  /** Mark the stream unusable and close it (aborting a pending read). */
-  #kill(): void {
-    this.#dead = true;
-    this.#close();
-  }
-
-  #close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      this.#stream.close();
-    } catch {
-      // Already closed by the peer side or the runtime: nothing left to release.
-    }
   }
 }
 
@@ -578,93 +588,6 @@ function carriesData(request: NbdRequest): boolean {
 function isAllZero(bytes: Uint8Array): boolean {
   for (let i = 0; i < bytes.length; i++) if (bytes[i] !== 0) return false;
   return true;
-}
-
-/**
- * Buffered reads from a stream, so that a 28-byte header does not cost a
- * read call of its own; a payload larger than the buffer is read straight
- * into its destination.
- */
-class StreamReader {
-  readonly #stream: ByteStream;
-  readonly #buffer: Uint8Array;
-  #start = 0;
-  #end = 0;
-
-  constructor(stream: ByteStream, capacity: number) {
-    this.#stream = stream;
-    this.#buffer = new Uint8Array(capacity);
-  }
-
-  /**
-   * Fill `dest`; resolves with the bytes filled, fewer than `dest.length`
-   * only at EOF. A failing read is passed to `onError`, which either throws
-   * or accepts it as EOF.
-   */
-  async readFull(dest: Uint8Array, onError: (err: unknown) => void): Promise<number> {
-    let filled = this.#take(dest, 0);
-    while (filled < dest.length) {
-      const wanted = dest.length - filled;
-      const direct = wanted >= this.#buffer.length;
-      let n: number | null;
-      try {
-        n = await this.#stream.read(direct ? dest.subarray(filled) : this.#buffer);
-      } catch (err) {
-        onError(err);
-        return filled;
-      }
-      if (n === null) return filled;
-      if (direct) {
-        filled += n;
-      } else {
-        this.#start = 0;
-        this.#end = n;
-        filled = this.#take(dest, filled);
-      }
-    }
-    return filled;
-  }
-
-  /** Fill all of `dest` from the buffer if it holds enough, else take nothing; true if filled. */
-  takeBuffered(dest: Uint8Array): boolean {
-    if (this.#end - this.#start < dest.length) return false;
-    this.#take(dest, 0);
-    return true;
-  }
-
-  /** Skip `length` bytes; false at EOF. */
-  async discard(length: number, onError: (err: unknown) => void): Promise<boolean> {
-    let left = length;
-    while (left > 0) {
-      const buffered = this.#end - this.#start;
-      if (buffered > 0) {
-        const n = Math.min(buffered, left);
-        this.#start += n;
-        left -= n;
-        continue;
-      }
-      let n: number | null;
-      try {
-        n = await this.#stream.read(this.#buffer);
-      } catch (err) {
-        onError(err);
-        return false;
-      }
-      if (n === null) return false;
-      this.#start = 0;
-      this.#end = n;
-    }
-    return true;
-  }
-
-  /** Copy buffered bytes into `dest` from `filled` on; returns the new fill count. */
-  #take(dest: Uint8Array, filled: number): number {
-    const n = Math.min(this.#end - this.#start, dest.length - filled);
-    if (n <= 0) return filled;
-    dest.set(this.#buffer.subarray(this.#start, this.#start + n), filled);
-    this.#start += n;
-    return filled + n;
-  }
 }
 
 /** Buffers above this are allocated per request and left to the GC. */

@@ -22,7 +22,8 @@ import {
   parseListen,
 } from "../address.ts";
 import type { BlockBackend } from "../backend.ts";
-import { describeError, ProtocolError } from "../errors.ts";
+import { describeError, ProtocolError, UsageError } from "../errors.ts";
+import { BufferedReader, writeAll } from "../io.ts";
 import { logger } from "../log.ts";
 import { type ByteStream, MAX_REQUEST_BYTES, NbdEngine, transmissionFlags } from "./engine.ts";
 import {
@@ -58,27 +59,31 @@ export interface NegotiateOptions {
  * Run the server side of the handshake on `stream`. Resolves with
  * `"transmission"` once the client chose the export (the stream is then
  * positioned at the first request: nothing past the handshake has been
- * read) or `"closed"` when the client aborted or left, or asked for
- * something that ends the session. Rejects with {@link ProtocolError} when
- * the client broke the protocol; the caller drops the connection. Never
- * closes the stream itself.
+ * read, as the reader is unbuffered) or `"closed"` when the client aborted
+ * or left, or asked for something that ends the session. Rejects with
+ * {@link ProtocolError} when the client broke the protocol; the caller
+ * drops the connection. Never closes the stream itself.
  */
 export async function negotiate(
   stream: ByteStream,
   exported: ExportDescription,
   options: NegotiateOptions = {},
 ): Promise<HandshakeResult> {
-  await writeFully(stream, encodeGreeting());
+  // Capacity 0: the engine takes the stream over afterwards, so nothing may be read ahead.
+  const reader = new BufferedReader(stream, 0);
+  // EOF, even mid-message, is "closed": a half message from a departing client is moot.
+  const readExactly = async (dest: Uint8Array) => await reader.readFull(dest) === dest.length;
+  await writeAll(stream, encodeGreeting());
   const flagBytes = new Uint8Array(CLIENT_FLAGS_BYTES);
-  if (!await readExactly(stream, flagBytes)) return "closed";
+  if (!await readExactly(flagBytes)) return "closed";
   const clientFlags = decodeClientFlags(flagBytes);
   const fixed = (clientFlags & ClientFlag.fixedNewstyle) !== 0;
   const header = new Uint8Array(OPTION_HEADER_BYTES);
   for (;;) {
-    if (!await readExactly(stream, header)) return "closed";
+    if (!await readExactly(header)) return "closed";
     const { option, length } = decodeOptionHeader(header);
     const data = new Uint8Array(length);
-    if (!await readExactly(stream, data)) return "closed";
+    if (!await readExactly(data)) return "closed";
     if (!fixed && option !== NbdOption.exportName) {
       // Plain newstyle has no option replies: the only thing to do is close.
       options.onNote?.(`${optionName(option)} from a client without fixed newstyle`);
@@ -86,27 +91,9 @@ export async function negotiate(
     }
     const answer = answerOption(option, data, exported, clientFlags);
     if (answer.note) options.onNote?.(answer.note);
-    for (const bytes of answer.reply) await writeFully(stream, bytes);
+    for (const bytes of answer.reply) await writeAll(stream, bytes);
     if (answer.next === "transmission") return "transmission";
     if (answer.next === "close") return "closed";
-  }
-}
-
-/** Fill `dest`; false at EOF (even mid-way: a half message from a departing client is moot). */
-async function readExactly(stream: ByteStream, dest: Uint8Array): Promise<boolean> {
-  for (let filled = 0; filled < dest.length;) {
-    const n = await stream.read(dest.subarray(filled));
-    if (n === null) return false;
-    filled += n;
-  }
-  return true;
-}
-
-async function writeFully(stream: ByteStream, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length;) {
-    const n = await stream.write(bytes.subarray(done));
-    if (n <= 0) throw new ProtocolError("NBD socket write made no progress");
-    done += n;
   }
 }
 

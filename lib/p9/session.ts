@@ -21,7 +21,8 @@ import {
   ProtocolError,
   TimeoutError,
 } from "../errors.ts";
-import { type ByteStream, FrameReader, writeAll } from "./transport.ts";
+import { BatchWriter } from "../io.ts";
+import { type ByteStream, FrameReader } from "./transport.ts";
 import {
   decode,
   encode,
@@ -56,8 +57,6 @@ export interface SessionOptions {
 
 /** Smallest msize worth using: room for a header and a useful payload. */
 const MIN_MSIZE = 4096;
-/** Largest batch of small frames coalesced into one socket write. */
-const BATCH_BYTES = 256 * 1024;
 
 interface Pending {
   expect: number;
@@ -104,6 +103,7 @@ export class Session {
   #msize: number;
   readonly #stream: ByteStream;
   readonly #reader: FrameReader;
+  readonly #writer: BatchWriter;
   readonly #pending = new Map<number, Pending>();
   #inflight = 0;
   readonly #slotWaiters: (() => void)[] = [];
@@ -111,9 +111,6 @@ export class Session {
   #nextTag = 0;
   readonly #freeFids: number[] = [];
   #nextFid = 1;
-  readonly #sendQueue: Uint8Array[] = [];
-  #batchBuffer?: Uint8Array;
-  #sending = false;
   #death: ConnectionError | undefined;
   readonly #dead: Promise<ConnectionError>;
   #markDead!: (err: ConnectionError) => void;
@@ -126,6 +123,10 @@ export class Session {
     this.maxInflight = Math.max(1, options.maxInflight ?? 64);
     this.#msize = options.msize ?? (1 << 20) + IOHDRSZ;
     this.#reader = new FrameReader(stream, this.#msize);
+    this.#writer = new BatchWriter(stream, {
+      onError: (cause) =>
+        this.#die(new ConnectionError(`send failed: ${describeError(cause)}`, { cause })),
+    });
     this.#dead = new Promise((resolve) => this.#markDead = resolve);
     // One coarse timer instead of one per request: requests are many and
     // short, and a few hundred milliseconds of slack on a 10 s timeout is fine.
@@ -365,8 +366,8 @@ export class Session {
       signal.addEventListener("abort", entry.onAbort, { once: true });
     }
     this.#pending.set(tag, entry);
-    if (frame instanceof Uint8Array) this.#send(frame);
-    else for (const piece of frame) this.#send(piece);
+    if (frame instanceof Uint8Array) this.#writer.write(frame);
+    else for (const piece of frame) this.#writer.write(piece);
     return await promise;
   }
 
@@ -435,52 +436,6 @@ export class Session {
 
   #freeTag(tag: number): void {
     if (tag !== NOTAG) this.#freeTags.push(tag);
-  }
-
-  #send(frame: Uint8Array): void {
-    this.#sendQueue.push(frame);
-    if (!this.#sending) {
-      this.#sending = true;
-      queueMicrotask(() => this.#drainSendQueue());
-    }
-  }
-
-  /** Write queued frames in order, coalescing small ones into one write. */
-  async #drainSendQueue(): Promise<void> {
-    this.#sending = true;
-    try {
-      while (this.#sendQueue.length > 0 && !this.#death) {
-        let batch = this.#sendQueue.shift()!;
-        if (this.#sendQueue.length > 0 && batch.length < BATCH_BYTES) {
-          let total = batch.length;
-          let count = 1;
-          while (
-            count - 1 < this.#sendQueue.length &&
-            total + this.#sendQueue[count - 1].length <= BATCH_BYTES
-          ) {
-            total += this.#sendQueue[count - 1].length;
-            count++;
-          }
-          if (count > 1) {
-            // One buffer serves every batch: it is free again once the write resolves.
-            this.#batchBuffer ??= new Uint8Array(BATCH_BYTES);
-            const joined = this.#batchBuffer.subarray(0, total);
-            joined.set(batch);
-            let at = batch.length;
-            for (const frame of this.#sendQueue.splice(0, count - 1)) {
-              joined.set(frame, at);
-              at += frame.length;
-            }
-            batch = joined;
-          }
-        }
-        await writeAll(this.#stream, batch);
-      }
-    } catch (cause) {
-      this.#die(new ConnectionError(`send failed: ${describeError(cause)}`, { cause }));
-    } finally {
-      this.#sending = false;
-    }
   }
 
   async #readLoop(): Promise<void> {
@@ -601,6 +556,7 @@ export class Session {
       : new ConnectionError(describeError(reason), { cause: reason });
     this.#death = death;
     clearInterval(this.#sweeper);
+    this.#writer.close();
     try {
       this.#stream.close();
     } catch {

@@ -21,7 +21,8 @@
 
 import { describeError, P9Error, ProtocolError } from "../errors.ts";
 import { logger } from "../log.ts";
-import { type ByteStream, FrameReader, writeAll } from "../p9/transport.ts";
+import { BatchWriter } from "../io.ts";
+import { type ByteStream, FrameReader } from "../p9/transport.ts";
 import { decode, encode, MsgType, msgTypeName, NOTAG, peekHeader } from "../p9/wire.ts";
 import { Errno } from "../errno.ts";
 import type { ExportTable } from "./exports.ts";
@@ -50,8 +51,6 @@ export interface ConnectionOptions {
 
 /** Smallest msize the server agrees to: a header and a useful payload. */
 export const MIN_MSIZE = 4096;
-/** Small replies are gathered into one socket write up to this size. */
-const BATCH_BYTES = 256 * 1024;
 
 interface InFlight {
   /** Flushed: its reply is dropped. */
@@ -70,8 +69,8 @@ export class Connection implements HandlerContext {
   readonly #inflight = new Map<number, InFlight>();
   #slotsUsed = 0;
   #slotFreed: (() => void) | undefined;
-  readonly #sendQueue: { frame: Uint8Array; written: () => void }[] = [];
-  #sending = false;
+  /** Replies in completion order; each holds its request's slot until written. */
+  readonly #writer: BatchWriter;
   #versioned = false;
   #dead = false;
 
@@ -85,11 +84,28 @@ export class Connection implements HandlerContext {
     this.exports = options.exports;
     this.readOnly = options.readOnly;
     this.#reader = new FrameReader(stream, options.maxMsize, 128 * 1024);
+    this.#writer = new BatchWriter(stream, {
+      onDone: () => this.#releaseSlot(),
+      onError: (err) => {
+        if (!this.#dead) log.debug(`${this.label}: write failed: ${describeError(err)}`);
+        this.close();
+      },
+    });
   }
 
   /** True once the connection is dropped or closed. */
   get closed(): boolean {
     return this.#dead;
+  }
+
+  /** Requests read and not yet answered on the socket (at most `maxInflight`). */
+  get inflight(): number {
+    return this.#slotsUsed;
+  }
+
+  /** Reply bytes queued or being written, not yet taken by the socket. */
+  get unsentBytes(): number {
+    return this.#writer.pendingBytes;
   }
 
   /** Serve until the client goes away or is dropped. Never throws. */
@@ -128,7 +144,7 @@ export class Connection implements HandlerContext {
       // Already closed.
     }
     this.#slotFreed?.();
-    for (const { written } of this.#sendQueue.splice(0)) written();
+    this.#writer.close();
   }
 
   /** Look at one frame (a view valid only until the next read) and start its request. */
@@ -231,49 +247,8 @@ export class Connection implements HandlerContext {
     wake?.();
   }
 
-  /** Queue a reply; its slot is released once it has been written. */
+  /** Queue a reply; its slot is released once it has been written (or dropped). */
   #queue(frame: Uint8Array): void {
-    if (this.#dead) {
-      this.#releaseSlot();
-      return;
-    }
-    this.#sendQueue.push({ frame, written: () => this.#releaseSlot() });
-    if (!this.#sending) this.#drain();
-  }
-
-  async #drain(): Promise<void> {
-    this.#sending = true;
-    try {
-      while (this.#sendQueue.length > 0 && !this.#dead) {
-        const batch = [this.#sendQueue.shift()!];
-        let bytes = batch[0].frame.length;
-        while (
-          this.#sendQueue.length > 0 && bytes + this.#sendQueue[0].frame.length <= BATCH_BYTES
-        ) {
-          const next = this.#sendQueue.shift()!;
-          batch.push(next);
-          bytes += next.frame.length;
-        }
-        let out = batch[0].frame;
-        if (batch.length > 1) {
-          out = new Uint8Array(bytes);
-          let at = 0;
-          for (const { frame } of batch) {
-            out.set(frame, at);
-            at += frame.length;
-          }
-        }
-        try {
-          await writeAll(this.stream, out);
-        } finally {
-          for (const { written } of batch) written();
-        }
-      }
-    } catch (err) {
-      if (!this.#dead) log.debug(`${this.label}: write failed: ${describeError(err)}`);
-      this.close();
-    } finally {
-      this.#sending = false;
-    }
+    this.#writer.write(frame);
   }
 }

@@ -19,7 +19,7 @@ import {
   SIMPLE_REPLY_BYTES,
 } from "../../lib/nbd/wire.ts";
 import { Session } from "../../lib/p9/session.ts";
-import type { ByteStream } from "../../lib/stream.ts";
+import type { ByteStream } from "../../lib/io.ts";
 import { encode, type Message, MsgType } from "../../lib/p9/wire.ts";
 import { memoryDuplexPair } from "./support/duplex.ts";
 import { duplexPair, Fake9pServer, type Request, withVersion } from "./support/fake_9p_server.ts";

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import * as net from "node:net";
 import { ConnectionError, ErrnoError, P9Error } from "../../lib/errors.ts";
 import { Image } from "../../lib/image.ts";
+import type { ByteStream } from "../../lib/io.ts";
 import { Session } from "../../lib/p9/session.ts";
 import { FrameReader, writeAll } from "../../lib/p9/transport.ts";
 import {
@@ -20,16 +21,21 @@ import {
   MsgType,
   NOFID,
   NOTAG,
+  RREAD_HEADER_BYTES,
 } from "../../lib/p9/wire.ts";
 import { cidrContains, parseCidr } from "../../lib/server/access.ts";
+import { Connection } from "../../lib/server/connection.ts";
 import {
   type ExportServer,
   type ExportServerOptions,
   parseListenAddress,
   startExportServer,
 } from "../../lib/server/export.ts";
+import { ExportTable } from "../../lib/server/exports.ts";
 import { parseSpec } from "../../lib/spec.ts";
 import { randomBytes } from "../../tools/random.ts";
+import { memoryDuplexPair } from "./support/duplex.ts";
+import { waitFor } from "../support/wait.ts";
 
 const IMAGE_BYTES = 8 * 1024 * 1024 + 4321;
 
@@ -416,6 +422,168 @@ Deno.test({
     }),
 });
 
+/**
+ * The server's end of a connection to a client that sends the frames a test
+ * gives it, one frame per read (so the server's reads count its requests),
+ * and that stops reading replies once {@link StallingClient.stall} is called:
+ * every later write waits until the connection is closed.
+ */
+class StallingClient implements ByteStream {
+  /** Frames the server has read, whole. */
+  framesRead = 0;
+  /** Reply frames the server got onto the socket before the stall. */
+  readonly replies: Uint8Array[] = [];
+  #outgoing: Uint8Array[] = [];
+  #received = new Uint8Array(0);
+  #stalled = false;
+  #closed = false;
+  #wakeReader?: () => void;
+  readonly #parkedWrites: (() => void)[] = [];
+
+  send(frame: Uint8Array): void {
+    this.#outgoing.push(frame);
+    this.#wakeReader?.();
+  }
+
+  stall(): void {
+    this.#stalled = true;
+  }
+
+  async read(p: Uint8Array): Promise<number | null> {
+    while (this.#outgoing.length === 0 && !this.#closed) {
+      await new Promise<void>((resolve) => this.#wakeReader = resolve);
+    }
+    if (this.#closed) throw new Deno.errors.BadResource("closed");
+    const frame = this.#outgoing[0];
+    const n = Math.min(p.length, frame.length);
+    p.set(frame.subarray(0, n));
+    if (n === frame.length) {
+      this.#outgoing.shift();
+      this.framesRead++;
+    } else {
+      this.#outgoing[0] = frame.subarray(n);
+    }
+    return n;
+  }
+
+  async write(p: Uint8Array): Promise<number> {
+    if (this.#stalled && !this.#closed) {
+      await new Promise<void>((resolve) => this.#parkedWrites.push(resolve));
+    }
+    if (this.#closed) throw new Deno.errors.BadResource("closed");
+    const all = new Uint8Array(this.#received.length + p.length);
+    all.set(this.#received);
+    all.set(p, this.#received.length);
+    // Cut what arrived into frames (a write may hold several, or part of one).
+    let at = 0;
+    while (all.length - at >= 4) {
+      const size = new DataView(all.buffer, at, 4).getUint32(0, true);
+      if (all.length - at < size) break;
+      this.replies.push(all.slice(at, at + size));
+      at += size;
+    }
+    this.#received = all.slice(at);
+    return p.length;
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#wakeReader?.();
+    for (const wake of this.#parkedWrites.splice(0)) wake();
+  }
+}
+
+Deno.test({
+  name:
+    "a client that never reads its replies costs at most maxInflight replies and is no longer read",
+  ...testOptions,
+  fn: async () => {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "9nbd-export-test-" }));
+    const image = randomBytes(4 * 1024 * 1024, 8);
+    await Deno.writeFile(`${dir}/disk.img`, image);
+    const options = {
+      exports: await ExportTable.create([dir]),
+      readOnly: true,
+      maxMsize: (1 << 20) + 24,
+      maxInflight: 8,
+      maxFids: 64,
+    };
+    const greedy = new StallingClient();
+    const stalled = new Connection(greedy, "greedy client", options);
+    const stalledRun = stalled.run();
+    const [serverSide, clientSide] = memoryDuplexPair();
+    const polite = new Connection(serverSide, "polite client", options);
+    const politeRun = polite.run();
+    try {
+      const setup = [
+        encode(NOTAG, { type: MsgType.Tversion, msize: 1 << 20, version: "9P2000.L" }),
+        encode(1, {
+          type: MsgType.Tattach,
+          fid: 1,
+          afid: NOFID,
+          uname: "root",
+          aname: "",
+          nUname: 0,
+        }),
+        encode(2, { type: MsgType.Twalk, fid: 1, newfid: 2, names: ["disk.img"] }),
+        encode(3, { type: MsgType.Tlopen, fid: 2, flags: 0 }),
+      ];
+      for (const [i, frame] of setup.entries()) {
+        greedy.send(frame);
+        await waitFor(() => greedy.replies.length > i, `the reply to setup frame ${i}`);
+      }
+      assert.deepEqual(greedy.replies.map((r) => r[4]), [
+        MsgType.Rversion,
+        MsgType.Rattach,
+        MsgType.Rwalk,
+        MsgType.Rlopen,
+      ]);
+
+      // Far more reads than the window, and the client reads none of the replies.
+      greedy.stall();
+      const count = 65536;
+      for (let tag = 10; tag < 410; tag++) {
+        greedy.send(encode(tag, { type: MsgType.Tread, fid: 2, offset: 0n, count }));
+      }
+      const replyBytes = RREAD_HEADER_BYTES + count;
+      await waitFor(
+        () => stalled.unsentBytes >= options.maxInflight * replyBytes,
+        `${options.maxInflight} replies queued`,
+      );
+      // Backpressure: every slot holds a reply the client will not take, so
+      // the server holds exactly maxInflight of them and reads no further.
+      assert.equal(stalled.unsentBytes, options.maxInflight * replyBytes);
+      assert.equal(stalled.inflight, options.maxInflight);
+      assert.equal(greedy.framesRead, setup.length + options.maxInflight);
+      assert.equal(greedy.replies.length, setup.length, "no reply got past the stall");
+
+      // Meanwhile another client is served in full.
+      const session = await Session.start(clientSide, { label: "polite client" });
+      try {
+        const root = await session.attach("root", `${dir}/disk.img`, 0);
+        await session.lopen(root.fid, 0);
+        const part = new Uint8Array(2 * 1024 * 1024);
+        const chunk = 256 * 1024;
+        await Promise.all(
+          Array.from(
+            { length: part.length / chunk },
+            (_, i) => session.read(root.fid, i * chunk, part.subarray(i * chunk, (i + 1) * chunk)),
+          ),
+        );
+        assert.deepEqual(part, image.subarray(0, part.length));
+      } finally {
+        session.close();
+      }
+      assert.equal(greedy.framesRead, setup.length + options.maxInflight, "still stalled");
+    } finally {
+      stalled.close();
+      polite.close();
+      await Promise.all([stalledRun, politeRun]);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test({
   name: "a client that never reads its replies stalls only itself",
   ...testOptions,
@@ -430,13 +598,13 @@ Deno.test({
         await greedy.nextRaw();
         await greedy.send(encode(3, { type: MsgType.Tlopen, fid: 2, flags: 0 }));
         await greedy.nextRaw();
-        // Ask for far more than the socket buffers hold, and read nothing.
+        // Ask for far more than the socket buffers hold, and read nothing. The
+        // requests are small: sending them completes whether or not the server reads.
         const frames: Uint8Array[] = [];
         for (let tag = 0; tag < 400; tag++) {
           frames.push(encode(tag, { type: MsgType.Tread, fid: 2, offset: 0n, count: 1 << 20 }));
         }
-        greedy.send(new Uint8Array(frames.flatMap((f) => [...f]))).catch(() => {});
-        await new Promise((r) => setTimeout(r, 300));
+        await greedy.send(new Uint8Array(frames.flatMap((f) => [...f])));
         const other = await Image.open(parseSpec(spec()));
         try {
           const part = new Uint8Array(2 << 20);

@@ -16,9 +16,11 @@ import {
   type NbdRequest,
   TransmissionFlag,
 } from "../../lib/nbd/wire.ts";
+import { seededRandom } from "../../tools/random.ts";
 import { memoryDuplexPair, unixSocketPair } from "./support/duplex.ts";
-import { FakeKernel } from "./support/fake_kernel.ts";
-import { delay, Gate, MemoryBackend } from "./support/memory_backend.ts";
+import { Gate, MemoryBackend, Parking } from "./support/memory_backend.ts";
+import { NbdClient } from "./support/nbd_client.ts";
+import { nextTurn, waitFor } from "../support/wait.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -32,7 +34,8 @@ function pattern(length: number, seed = 1): Uint8Array {
 
 interface Harness {
   engine: NbdEngine;
-  kernel: FakeKernel;
+  /** The peer, as the kernel's driver would be. */
+  client: NbdClient;
   /** engine.serve(), with rejections observed so a test may check them later. */
   served: Promise<void>;
   /** "resolved", "rejected" or "pending", as of now. */
@@ -55,22 +58,22 @@ async function start(
   let state = "pending";
   const served = engine.serve();
   served.then(() => state = "resolved", () => state = "rejected");
-  return { engine, kernel: new FakeKernel(client), served, state: () => state };
+  return { engine, client: new NbdClient(client), served, state: () => state };
 }
 
 /** Disconnect politely and wait for the engine to finish. */
 async function finish(h: Harness): Promise<void> {
-  await h.kernel.disconnect();
+  await h.client.disconnect();
   await h.served;
-  await h.kernel.ended;
-  h.kernel.close();
+  await h.client.ended;
+  h.client.close();
 }
 
 Deno.test("reads return the bytes of the image at the offsets asked for", async () => {
   const image = pattern(4 * MiB);
   const h = await start(new MemoryBackend(image.slice()));
   for (const [offset, length] of [[0, 512], [4096, 4096], [3 * MiB, MiB], [4 * MiB - 512, 512]]) {
-    const reply = await h.kernel.read(offset, length);
+    const reply = await h.client.read(offset, length);
     assert.equal(reply.error, 0);
     assert.deepEqual(reply.data, image.subarray(offset, offset + length));
   }
@@ -80,7 +83,7 @@ Deno.test("reads return the bytes of the image at the offsets asked for", async 
 Deno.test("a zero-length read is answered without data", async () => {
   const backend = new MemoryBackend(4096);
   const h = await start(backend);
-  const reply = await h.kernel.read(1024, 0);
+  const reply = await h.client.read(1024, 0);
   assert.equal(reply.error, 0);
   assert.equal(reply.data?.length, 0);
   await finish(h);
@@ -91,10 +94,10 @@ Deno.test("writes read back, including one larger than the engine's read buffer"
   const h = await start(backend);
   const small = pattern(4096, 9);
   const large = pattern(3 * MiB + 512, 5);
-  assert.equal((await h.kernel.write(8192, small)).error, 0);
-  assert.equal((await h.kernel.write(MiB, large)).error, 0);
-  assert.deepEqual((await h.kernel.read(8192, 4096)).data, small);
-  assert.deepEqual((await h.kernel.read(MiB, large.length)).data, large);
+  assert.equal((await h.client.write(8192, small)).error, 0);
+  assert.equal((await h.client.write(MiB, large)).error, 0);
+  assert.deepEqual((await h.client.read(8192, 4096)).data, small);
+  assert.deepEqual((await h.client.read(MiB, large.length)).data, large);
   assert.deepEqual(backend.data.subarray(MiB, MiB + large.length), large);
   await finish(h);
 });
@@ -106,8 +109,8 @@ Deno.test("replies come out in completion order and each matches its request by 
     before: (op) => op.offset === 0 ? gate.opened : undefined,
   });
   const h = await start(backend);
-  const slow = h.kernel.request({ type: NbdCommand.read, offset: 0, length: 4096, cookie: 111n });
-  const fast = h.kernel.request({
+  const slow = h.client.request({ type: NbdCommand.read, offset: 0, length: 4096, cookie: 111n });
+  const fast = h.client.request({
     type: NbdCommand.read,
     offset: 8192,
     length: 4096,
@@ -120,46 +123,63 @@ Deno.test("replies come out in completion order and each matches its request by 
   const slowReply = await slow;
   assert.equal(slowReply.cookie, 111n);
   assert.deepEqual(slowReply.data, image.subarray(0, 4096));
-  assert.deepEqual(h.kernel.replyOrder, [0xffffffff_00000222n, 111n]);
+  assert.deepEqual(h.client.replyOrder, [0xffffffff_00000222n, 111n]);
   await finish(h);
 });
 
 Deno.test("many concurrent requests are served in parallel but never beyond maxInflight", async () => {
   const image = pattern(MiB);
-  const backend = new MemoryBackend(image.slice(), {
-    before: () => delay(1 + Math.floor(Math.random() * 5)),
-  });
+  const parking = new Parking();
+  const backend = new MemoryBackend(image.slice(), { before: parking.hook });
   const maxInflight = 4;
-  const h = await start(backend, { maxInflight });
-  let maxEngineInflight = 0;
-  const sampler = setInterval(() => {
-    maxEngineInflight = Math.max(maxEngineInflight, h.engine.inflight);
-  }, 1);
-  const replies = await Promise.all(
-    Array.from({ length: 60 }, (_, i) => h.kernel.read(i * 4096, 4096)),
+  const h = await start(backend, { maxInflight }, { kind: "memory" });
+  const count = 60;
+  // One burst, read in one socket read: a wider window would admit all of it in one turn.
+  const replies = h.client.burst(
+    Array.from(
+      { length: count },
+      (_, i) => ({ type: NbdCommand.read, offset: i * 4096, length: 4096 }),
+    ),
   );
-  clearInterval(sampler);
-  replies.forEach((reply, i) => {
+  const random = seededRandom(11);
+  for (let released = 0; released < count; released++) {
+    // Each completion frees one slot, which the next request takes: the window stays full.
+    const expected = Math.min(maxInflight, count - released);
+    await waitFor(() => parking.waiting.length >= expected, `${expected} backend calls`);
+    assert.equal(parking.waiting.length, expected);
+    assert.equal(parking.started, released + expected);
+    assert.ok(h.engine.inflight <= maxInflight, `${h.engine.inflight} in flight`);
+    // Finish them in a seeded random order, so completions overtake each other.
+    parking.release(random.below(parking.waiting.length));
+  }
+  const done = await Promise.all(replies);
+  done.forEach((reply, i) => {
     assert.equal(reply.error, 0);
     assert.deepEqual(reply.data, image.subarray(i * 4096, (i + 1) * 4096));
   });
-  assert.ok(backend.maxInflight > 1, `only ${backend.maxInflight} at once`);
-  assert.ok(backend.maxInflight <= maxInflight, `${backend.maxInflight} at once`);
-  assert.ok(maxEngineInflight <= maxInflight);
-  // Random delays make completions overtake each other.
-  assert.notDeepEqual(h.kernel.replyOrder, [...h.kernel.replyOrder].sort());
+  assert.equal(backend.maxInflight, maxInflight);
+  assert.notDeepEqual(h.client.replyOrder, [...h.client.replyOrder].sort());
   await finish(h);
 });
 
 Deno.test("a full window stops the engine reading until a slot frees", async () => {
-  const gate = new Gate();
-  const backend = new MemoryBackend(64 * KiB, { before: () => gate.opened });
-  const h = await start(backend, { maxInflight: 2 });
-  const replies = [0, 1, 2, 3].map((i) => h.kernel.read(i * 512, 512));
-  await delay(30);
+  const parking = new Parking();
+  const backend = new MemoryBackend(64 * KiB, { before: parking.hook });
+  const h = await start(backend, { maxInflight: 2 }, { kind: "memory" });
+  // One burst, read in one socket read: a wider window would admit all four in one turn.
+  const replies = h.client.burst(
+    [0, 1, 2, 3].map((i) => ({ type: NbdCommand.read, offset: i * 512, length: 512 })),
+  );
+  await waitFor(() => parking.started >= 2, "two backend calls");
+  assert.equal(parking.started, 2);
   assert.equal(backend.inflight, 2);
   assert.equal(h.engine.inflight, 2);
-  gate.open();
+  // A freed slot lets exactly one more request in.
+  parking.release();
+  await waitFor(() => parking.started >= 3, "a third backend call");
+  assert.equal(parking.started, 3);
+  assert.equal(h.engine.inflight, 2);
+  parking.releaseAll();
   for (const reply of await Promise.all(replies)) assert.equal(reply.error, 0);
   assert.equal(backend.maxInflight, 2);
   await finish(h);
@@ -167,27 +187,33 @@ Deno.test("a full window stops the engine reading until a slot frees", async () 
 
 Deno.test("data in flight is bounded: bytes wait for bytes, and one large request still runs", async () => {
   const image = pattern(8 * MiB);
-  const gate = new Gate();
-  const backend = new MemoryBackend(image.slice(), { before: () => gate.opened });
-  const h = await start(backend, { maxInflight: 64, maxInflightBytes: 2 * MiB });
-  // Eight 1 MiB reads: only two fit the 2 MiB bound.
-  const reads = Array.from({ length: 8 }, (_, i) => h.kernel.read(i * MiB, MiB));
-  await delay(30);
+  const parking = new Parking();
+  const backend = new MemoryBackend(image.slice(), { before: parking.hook });
+  const h = await start(backend, { maxInflight: 64, maxInflightBytes: 2 * MiB }, {
+    kind: "memory",
+  });
+  // Eight 1 MiB reads, then a small one, in one burst: only two fit the 2 MiB bound,
+  // and the small one waits behind the rest (the bound counts bytes, in order).
+  const replies = h.client.burst([
+    ...Array.from(
+      { length: 8 },
+      (_, i) => ({ type: NbdCommand.read, offset: i * MiB, length: MiB }),
+    ),
+    { type: NbdCommand.read, offset: 0, length: 4 * KiB },
+  ]);
+  await waitFor(() => parking.started >= 2, "two backend calls");
+  assert.equal(parking.started, 2);
   assert.equal(backend.inflight, 2);
-  // A small request waits behind them too: the bound counts bytes, in order.
-  const small = h.kernel.read(0, 4 * KiB);
-  await delay(10);
-  assert.equal(backend.inflight, 2);
-  gate.open();
-  const replies = await Promise.all(reads);
-  replies.forEach((reply, i) => {
+  parking.releaseAll();
+  const done = await Promise.all(replies);
+  done.slice(0, 8).forEach((reply, i) => {
     assert.equal(reply.error, 0);
     assert.deepEqual(reply.data, image.subarray(i * MiB, (i + 1) * MiB));
   });
-  assert.deepEqual((await small).data, image.subarray(0, 4 * KiB));
+  assert.deepEqual(done[8].data, image.subarray(0, 4 * KiB));
   assert.equal(backend.maxInflight, 2);
   // A request larger than the bound is served alone rather than never.
-  const big = await h.kernel.read(0, 4 * MiB);
+  const big = await h.client.read(0, 4 * MiB);
   assert.equal(big.error, 0);
   assert.deepEqual(big.data, image.subarray(0, 4 * MiB));
   await finish(h);
@@ -195,33 +221,37 @@ Deno.test("data in flight is bounded: bytes wait for bytes, and one large reques
 
 Deno.test("replies never interleave even when every stream write is short", async () => {
   const image = pattern(256 * KiB);
-  const backend = new MemoryBackend(image.slice(), {
-    before: () => delay(Math.floor(Math.random() * 3)),
-  });
+  const parking = new Parking();
+  const backend = new MemoryBackend(image.slice(), { before: parking.hook });
   const h = await start(backend, {}, { kind: "memory", maxWriteBytes: 7 });
-  const replies = await Promise.all(
-    Array.from(
-      { length: 40 },
-      (_, i) =>
-        i % 2 === 0
-          ? h.kernel.read(i * 4096, 4096)
-          : h.kernel.write(i * 4096, image.subarray(i * 4096, (i + 1) * 4096)),
-    ),
+  const count = 40;
+  const replies = Array.from(
+    { length: count },
+    (_, i) =>
+      i % 2 === 0
+        ? h.client.read(i * 4096, 4096)
+        : h.client.write(i * 4096, image.subarray(i * 4096, (i + 1) * 4096)),
   );
-  replies.forEach((reply, i) => {
+  // Every request running at once, then all finishing together in a seeded
+  // random order: their replies queue up behind one another's short writes.
+  await waitFor(() => parking.waiting.length === count, `${count} backend calls`);
+  const random = seededRandom(3);
+  while (parking.waiting.length > 0) parking.release(random.below(parking.waiting.length));
+  (await Promise.all(replies)).forEach((reply, i) => {
     assert.equal(reply.error, 0);
     if (i % 2 === 0) assert.deepEqual(reply.data, image.subarray(i * 4096, (i + 1) * 4096));
   });
-  assert.equal(h.kernel.violation, undefined);
+  assert.equal(h.client.violation, undefined);
+  assert.notDeepEqual(h.client.replyOrder, [...h.client.replyOrder].sort());
   await finish(h);
 });
 
 Deno.test("a FUA write is flushed after it is written and before it is acknowledged", async () => {
   const backend = new MemoryBackend(64 * KiB);
   const h = await start(backend);
-  assert.equal((await h.kernel.write(0, pattern(4096))).error, 0);
+  assert.equal((await h.client.write(0, pattern(4096))).error, 0);
   assert.deepEqual(backend.entries("start flush"), []);
-  assert.equal((await h.kernel.write(4096, pattern(4096), CommandFlag.fua)).error, 0);
+  assert.equal((await h.client.write(4096, pattern(4096), CommandFlag.fua)).error, 0);
   assert.deepEqual(backend.log.slice(-4), [
     "start write 4096+4096",
     "end write 4096+4096",
@@ -232,16 +262,19 @@ Deno.test("a FUA write is flushed after it is written and before it is acknowled
 });
 
 Deno.test("a FLUSH waits for the writes in flight when it arrived", async () => {
-  const gate = new Gate();
-  const backend = new MemoryBackend(64 * KiB, {
-    before: (op) => op.kind === "write" ? gate.opened : undefined,
-  });
-  const h = await start(backend);
-  const write = h.kernel.write(0, pattern(8192));
-  const flush = h.kernel.flush();
-  await delay(30);
+  const parking = new Parking((op) => op.kind === "write");
+  const backend = new MemoryBackend(64 * KiB, { before: parking.hook });
+  const h = await start(backend, {}, { kind: "memory" });
+  // In one burst, so the FLUSH is admitted in the same turn as the WRITE it must wait for.
+  const [write, flush] = h.client.burst([
+    { type: NbdCommand.write, offset: 0, data: pattern(8192) },
+    { type: NbdCommand.flush },
+  ]);
+  await waitFor(() => parking.waiting.length === 1, "the write to start");
+  await nextTurn();
+  assert.equal(h.engine.inflight, 2, "the FLUSH was admitted");
   assert.deepEqual(backend.entries("start flush"), [], "flushed before the write finished");
-  gate.open();
+  parking.releaseAll();
   assert.equal((await flush).error, 0);
   assert.equal((await write).error, 0);
   const log = backend.log;
@@ -255,13 +288,13 @@ Deno.test("WRITE_ZEROES zeros exactly its range, in chunks from one zero buffer"
   const h = await start(backend);
   const offset = MiB - 512;
   const length = 3 * MiB + 1024;
-  assert.equal((await h.kernel.writeZeroes(offset, length)).error, 0);
+  assert.equal((await h.client.writeZeroes(offset, length)).error, 0);
   assert.ok(backend.data.subarray(offset, offset + length).every((b) => b === 0));
   assert.equal(backend.data[offset - 1], 0xff);
   assert.equal(backend.data[offset + length], 0xff);
   assert.equal(backend.entries("start write").length, 4); // 1 MiB chunks
   assert.deepEqual(backend.entries("start flush"), []);
-  assert.equal((await h.kernel.writeZeroes(0, 512, CommandFlag.fua)).error, 0);
+  assert.equal((await h.client.writeZeroes(0, 512, CommandFlag.fua)).error, 0);
   assert.equal(backend.entries("start flush").length, 1);
   await finish(h);
 });
@@ -270,18 +303,18 @@ Deno.test("requests touching bytes past the end get EINVAL and never reach the b
   const backend = new MemoryBackend(64 * KiB);
   const h = await start(backend);
   const size = 64 * KiB;
-  assert.equal((await h.kernel.read(size - 512, 1024)).error, NbdError.EINVAL);
-  assert.equal((await h.kernel.read(size, 1)).error, NbdError.EINVAL);
+  assert.equal((await h.client.read(size - 512, 1024)).error, NbdError.EINVAL);
+  assert.equal((await h.client.read(size, 1)).error, NbdError.EINVAL);
   assert.equal(
-    (await h.kernel.request({ type: NbdCommand.read, offset: 0xffffffffffffff00n, length: 512 }))
+    (await h.client.request({ type: NbdCommand.read, offset: 0xffffffffffffff00n, length: 512 }))
       .error,
     NbdError.EINVAL,
   );
   // The refused payload is still consumed: the next request is read in step.
-  assert.equal((await h.kernel.write(size - 4096, pattern(8192))).error, NbdError.EINVAL);
-  assert.equal((await h.kernel.writeZeroes(size - 512, 1024)).error, NbdError.EINVAL);
+  assert.equal((await h.client.write(size - 4096, pattern(8192))).error, NbdError.EINVAL);
+  assert.equal((await h.client.writeZeroes(size - 512, 1024)).error, NbdError.EINVAL);
   assert.deepEqual(backend.log, []);
-  assert.equal((await h.kernel.read(size - 512, 512)).error, 0);
+  assert.equal((await h.client.read(size - 512, 512)).error, 0);
   await finish(h);
 });
 
@@ -289,11 +322,11 @@ Deno.test("a write on a read-only backend gets EPERM and the connection stays in
   const image = pattern(64 * KiB);
   const backend = new MemoryBackend(image.slice(), { readOnly: true });
   const h = await start(backend);
-  assert.equal((await h.kernel.write(0, pattern(4096, 3))).error, NbdError.EPERM);
-  assert.equal((await h.kernel.write(0, pattern(4096, 3), CommandFlag.fua)).error, NbdError.EPERM);
-  assert.equal((await h.kernel.writeZeroes(0, 4096)).error, NbdError.EPERM);
-  assert.equal((await h.kernel.flush()).error, 0);
-  assert.deepEqual((await h.kernel.read(0, 4096)).data, image.subarray(0, 4096));
+  assert.equal((await h.client.write(0, pattern(4096, 3))).error, NbdError.EPERM);
+  assert.equal((await h.client.write(0, pattern(4096, 3), CommandFlag.fua)).error, NbdError.EPERM);
+  assert.equal((await h.client.writeZeroes(0, 4096)).error, NbdError.EPERM);
+  assert.equal((await h.client.flush()).error, 0);
+  assert.deepEqual((await h.client.read(0, 4096)).data, image.subarray(0, 4096));
   assert.deepEqual(backend.data, image);
   assert.deepEqual(backend.log, ["start read 0+4096", "end read 0+4096"]);
   await finish(h);
@@ -313,13 +346,13 @@ Deno.test("a backend error becomes an error reply and the engine keeps serving",
     },
   });
   const h = await start(backend, { onRequestError: (err) => failures.push(err) });
-  assert.equal((await h.kernel.write(0, pattern(512))).error, NbdError.ENOSPC);
-  const failedRead = await h.kernel.read(4096, 512);
+  assert.equal((await h.client.write(0, pattern(512))).error, NbdError.ENOSPC);
+  const failedRead = await h.client.read(4096, 512);
   assert.equal(failedRead.error, NbdError.EIO);
   assert.equal(failedRead.data, undefined);
-  assert.equal((await h.kernel.read(8192, 512)).error, NbdError.EIO);
+  assert.equal((await h.client.read(8192, 512)).error, NbdError.EIO);
   assert.equal(failures.length, 3);
-  const good = await h.kernel.read(12288, 512);
+  const good = await h.client.read(12288, 512);
   assert.equal(good.error, 0);
   assert.deepEqual(good.data, pattern(64 * KiB).subarray(12288, 12800));
   await finish(h);
@@ -336,8 +369,8 @@ Deno.test("a throwing onRequestError hook does not take the connection down", as
       throw new Error("logger broke");
     },
   });
-  assert.equal((await h.kernel.read(0, 512)).error, NbdError.EIO);
-  assert.equal((await h.kernel.read(0, 512)).error, NbdError.EIO);
+  assert.equal((await h.client.read(0, 512)).error, NbdError.EIO);
+  assert.equal((await h.client.read(0, 512)).error, NbdError.EIO);
   await finish(h);
 });
 
@@ -345,28 +378,30 @@ Deno.test("TRIM, which is not advertised, and unknown commands get EINVAL", asyn
   const backend = new MemoryBackend(64 * KiB);
   const h = await start(backend);
   assert.equal(
-    (await h.kernel.request({ type: NbdCommand.trim, offset: 0, length: 4096 })).error,
+    (await h.client.request({ type: NbdCommand.trim, offset: 0, length: 4096 })).error,
     NbdError.EINVAL,
   );
-  assert.equal((await h.kernel.request({ type: 5, offset: 0, length: 0 })).error, NbdError.EINVAL);
+  assert.equal((await h.client.request({ type: 5, offset: 0, length: 0 })).error, NbdError.EINVAL);
   assert.deepEqual(backend.log, []);
   await finish(h);
 });
 
 Deno.test("DISC ends serve() only after the requests in flight have been answered", async () => {
-  const gate = new Gate();
+  const parking = new Parking();
   const image = pattern(64 * KiB);
-  const backend = new MemoryBackend(image.slice(), { before: () => gate.opened });
-  const h = await start(backend);
-  const reply = h.kernel.read(0, 4096);
-  await h.kernel.disconnect();
-  await delay(30);
+  const backend = new MemoryBackend(image.slice(), { before: parking.hook });
+  const h = await start(backend, {}, { kind: "memory" });
+  const [reply] = h.client.burst([{ type: NbdCommand.read, offset: 0, length: 4096 }], true);
+  reply.catch(() => {}); // a failure is asserted below, not left unhandled
+  await waitFor(() => parking.waiting.length === 1, "the read to start");
+  // The DISC came in the same socket read; all it could set off has run by the next turn.
+  await nextTurn();
   assert.equal(h.state(), "pending");
-  gate.open();
+  parking.releaseAll();
   assert.deepEqual((await reply).data, image.subarray(0, 4096));
   await h.served;
-  await h.kernel.ended; // the engine closed its end
-  h.kernel.close();
+  await h.client.ended; // the engine closed its end
+  h.client.close();
 });
 
 Deno.test("requests after DISC are not read", async () => {
@@ -389,16 +424,16 @@ Deno.test("requests after DISC are not read", async () => {
   const both = new Uint8Array(disc.length + read.length);
   both.set(disc);
   both.set(read, disc.length);
-  await h.kernel.sendRaw(both);
+  await h.client.sendRaw(both);
   await h.served;
   assert.deepEqual(backend.log, []);
-  h.kernel.close();
+  h.client.close();
 });
 
 Deno.test("EOF between requests ends serve() cleanly", async () => {
   const h = await start(new MemoryBackend(4096), {}, { kind: "memory" });
-  assert.equal((await h.kernel.read(0, 512)).error, 0);
-  h.kernel.close();
+  assert.equal((await h.client.read(0, 512)).error, 0);
+  h.client.close();
   await h.served;
 });
 
@@ -412,8 +447,8 @@ Deno.test("EOF in the middle of a request header ends serve() cleanly", async ()
     offset: 0n,
     length: 512,
   });
-  await h.kernel.sendRaw(header.subarray(0, 11));
-  h.kernel.close();
+  await h.client.sendRaw(header.subarray(0, 11));
+  h.client.close();
   await h.served;
   assert.deepEqual(backend.log, []);
 });
@@ -428,9 +463,9 @@ Deno.test("EOF in the middle of a WRITE payload ends serve() without writing", a
     offset: 0n,
     length: 4096,
   });
-  await h.kernel.sendRaw(header);
-  await h.kernel.sendRaw(pattern(1000));
-  h.kernel.close();
+  await h.client.sendRaw(header);
+  await h.client.sendRaw(pattern(1000));
+  h.client.close();
   await h.served;
   assert.deepEqual(backend.log, []);
 });
@@ -438,12 +473,12 @@ Deno.test("EOF in the middle of a WRITE payload ends serve() without writing", a
 Deno.test("a garbage magic drops the connection with a ProtocolError", async () => {
   const backend = new MemoryBackend(4096);
   const h = await start(backend);
-  assert.equal((await h.kernel.read(0, 512)).error, 0);
+  assert.equal((await h.client.read(0, 512)).error, 0);
   const garbage = new Uint8Array(28).fill(0x41);
-  await h.kernel.sendRaw(garbage);
+  await h.client.sendRaw(garbage);
   await assert.rejects(h.served, ProtocolError);
-  await h.kernel.ended; // the engine closed the socket
-  h.kernel.close();
+  await h.client.ended; // the engine closed the socket
+  h.client.close();
 });
 
 Deno.test("a READ or WRITE longer than the limit drops the connection with a ProtocolError", async () => {
@@ -451,14 +486,14 @@ Deno.test("a READ or WRITE longer than the limit drops the connection with a Pro
     const backend = new MemoryBackend(1 * MiB);
     const h = await start(backend, { maxRequestBytes: 64 * KiB });
     const header = encodeRequest({ flags: 0, type, cookie: 1n, offset: 0n, length: 64 * KiB + 1 });
-    await h.kernel.sendRaw(header);
+    await h.client.sendRaw(header);
     await assert.rejects(h.served, (err: unknown) => {
       assert.ok(err instanceof ProtocolError);
       assert.match(err.message, /65537 bytes exceeds/);
       return true;
     });
-    await h.kernel.ended;
-    h.kernel.close();
+    await h.client.ended;
+    h.client.close();
     assert.deepEqual(backend.log, []);
   }
 });
@@ -466,39 +501,39 @@ Deno.test("a READ or WRITE longer than the limit drops the connection with a Pro
 Deno.test("a request exactly at the length limit is served", async () => {
   const backend = new MemoryBackend(1 * MiB);
   const h = await start(backend, { maxRequestBytes: 64 * KiB });
-  assert.equal((await h.kernel.write(0, pattern(64 * KiB))).error, 0);
-  assert.equal((await h.kernel.read(0, 64 * KiB)).error, 0);
+  assert.equal((await h.client.write(0, pattern(64 * KiB))).error, 0);
+  assert.equal((await h.client.read(0, 64 * KiB)).error, 0);
   await finish(h);
 });
 
 Deno.test("WRITE_ZEROES is not bound by the request length limit (it carries no payload)", async () => {
   const backend = new MemoryBackend(new Uint8Array(2 * MiB).fill(1));
   const h = await start(backend, { maxRequestBytes: 64 * KiB });
-  assert.equal((await h.kernel.writeZeroes(0, 2 * MiB)).error, 0);
+  assert.equal((await h.client.writeZeroes(0, 2 * MiB)).error, 0);
   assert.ok(backend.data.every((b) => b === 0));
   await finish(h);
 });
 
 Deno.test("stop() ends serve() and closes the stream while a read is pending", async () => {
   const h = await start(new MemoryBackend(4096));
-  assert.equal((await h.kernel.read(0, 512)).error, 0);
+  assert.equal((await h.client.read(0, 512)).error, 0);
   h.engine.stop();
   await h.served;
-  await h.kernel.ended;
-  h.kernel.close();
+  await h.client.ended;
+  h.client.close();
 });
 
 Deno.test("stop() waits for backend calls in flight and drops their replies", async () => {
-  const gate = new Gate();
-  const backend = new MemoryBackend(4096, { before: () => gate.opened });
+  const parking = new Parking();
+  const backend = new MemoryBackend(4096, { before: parking.hook });
   const h = await start(backend, {}, { kind: "memory" });
-  const reply = h.kernel.read(0, 512);
+  const reply = h.client.read(0, 512);
   reply.catch(() => {});
-  await delay(10);
+  await waitFor(() => parking.waiting.length === 1, "the read to start");
   h.engine.stop();
-  await delay(10);
+  await nextTurn();
   assert.equal(h.state(), "pending");
-  gate.open();
+  parking.releaseAll();
   await h.served;
   await assert.rejects(reply);
   assert.equal(backend.inflight, 0);
@@ -570,12 +605,12 @@ Deno.test("bytes between the image end and a larger export size read as zeros", 
   const backend = new MemoryBackend(image.slice());
   const h = await start(backend, { exportSizeBytes: 1024 });
   // Dirty the pooled buffers first so stale bytes would show.
-  await h.kernel.read(0, 512);
-  const tail = await h.kernel.read(512, 512);
+  await h.client.read(0, 512);
+  const tail = await h.client.read(512, 512);
   assert.equal(tail.error, 0);
   assert.deepEqual(tail.data!.subarray(0, 488), image.subarray(512, 1000));
   assert.ok(tail.data!.subarray(488).every((b) => b === 0));
-  assert.equal((await h.kernel.read(1024, 512)).error, NbdError.EINVAL);
+  assert.equal((await h.client.read(1024, 512)).error, NbdError.EINVAL);
   await finish(h);
 });
 
@@ -584,11 +619,11 @@ Deno.test("a write past the image end but inside the export is kept only if the 
   const h = await start(backend, { exportSizeBytes: 1024 });
   const zeroTail = pattern(512);
   zeroTail.fill(0, 488);
-  assert.equal((await h.kernel.write(512, zeroTail)).error, 0);
+  assert.equal((await h.client.write(512, zeroTail)).error, 0);
   assert.deepEqual(backend.data.subarray(512), zeroTail.subarray(0, 488));
-  assert.equal((await h.kernel.write(512, pattern(512, 4))).error, NbdError.ENOSPC);
+  assert.equal((await h.client.write(512, pattern(512, 4))).error, NbdError.ENOSPC);
   assert.deepEqual(backend.data.subarray(512), zeroTail.subarray(0, 488));
-  assert.equal((await h.kernel.writeZeroes(512, 512)).error, 0);
+  assert.equal((await h.client.writeZeroes(512, 512)).error, 0);
   assert.ok(backend.data.subarray(512).every((b) => b === 0));
   await finish(h);
 });
@@ -596,8 +631,8 @@ Deno.test("a write past the image end but inside the export is kept only if the 
 Deno.test("an image never sees a request outside it when the device size is rounded down", async () => {
   const backend = new MemoryBackend(pattern(1000));
   const h = await start(backend, { exportSizeBytes: deviceSizeBytes(1000, 512) });
-  assert.equal((await h.kernel.read(0, 512)).error, 0);
-  assert.equal((await h.kernel.read(512, 512)).error, NbdError.EINVAL);
+  assert.equal((await h.client.read(0, 512)).error, 0);
+  assert.equal((await h.client.read(512, 512)).error, NbdError.EINVAL);
   await finish(h);
 });
 
@@ -645,7 +680,7 @@ Deno.test("onRequestError is told which request failed", async () => {
     },
   });
   const h = await start(backend, { onRequestError: (_err, request) => seen.push(request) });
-  await h.kernel.request({ type: NbdCommand.read, offset: 512, length: 512, cookie: 42n });
+  await h.client.request({ type: NbdCommand.read, offset: 512, length: 512, cookie: 42n });
   assert.deepEqual(seen, [{
     flags: 0,
     type: NbdCommand.read,

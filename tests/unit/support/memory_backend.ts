@@ -1,6 +1,6 @@
 /**
  * An in-memory {@link BlockBackend} for tests, with a hook before every
- * operation (to delay it, hold it at a gate or make it fail) and a record of
+ * operation (to park it, hold it at a gate or make it fail) and a record of
  * what happened in which order and how many operations overlapped.
  *
  * @module
@@ -93,16 +93,50 @@ export class MemoryBackend implements BlockBackend {
   }
 }
 
-/** Resolves after `ms` milliseconds. */
-export function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** A promise to open by hand: operations wait at it until a test calls `open()`. */
 export class Gate {
   readonly opened: Promise<void>;
   open!: () => void;
   constructor() {
     this.opened = new Promise((resolve) => this.open = resolve);
+  }
+}
+
+/**
+ * Backend calls parked one by one until the test releases them, so a test
+ * decides exactly which calls are running and in which order they finish.
+ * Use {@link Parking.hook} as a {@link MemoryBackendOptions.before} hook.
+ */
+export class Parking {
+  /** Calls waiting to be released, in the order they arrived. */
+  readonly waiting: { op: BackendOp; release: () => void }[] = [];
+  /** Calls that reached the hook, parked or let through. */
+  started = 0;
+  readonly #parks: (op: BackendOp) => boolean;
+  #open = false;
+
+  /** Park the calls `parks` picks (default: all); the others go through at once. */
+  constructor(parks: (op: BackendOp) => boolean = () => true) {
+    this.#parks = parks;
+  }
+
+  /** The `before` hook: parks the call until released. */
+  readonly hook = (op: BackendOp): Promise<void> | undefined => {
+    this.started++;
+    if (this.#open || !this.#parks(op)) return undefined;
+    return new Promise((release) => this.waiting.push({ op, release }));
+  };
+
+  /** Let the waiting call at `index` (default: the oldest) go on. */
+  release(index = 0): void {
+    const [call] = this.waiting.splice(index, 1);
+    if (!call) throw new Error(`no parked call at ${index} (${this.waiting.length} waiting)`);
+    call.release();
+  }
+
+  /** Let every waiting call go on, and park no later one. */
+  releaseAll(): void {
+    this.#open = true;
+    for (const call of this.waiting.splice(0)) call.release();
   }
 }

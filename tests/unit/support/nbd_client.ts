@@ -1,13 +1,14 @@
 /**
- * Plays the Linux NBD driver on one end of a stream: sends requests, reads
- * simple replies, matches them to requests by cookie (reading READ data only
- * for a successful READ, as the driver does) and records the order replies
- * came in.
+ * An NBD client for tests, in the transmission phase: the side of the socket
+ * the Linux driver plays after NBD_SET_SOCK. Sends requests (one by one, or a
+ * burst in one write), reads simple replies, matches them to requests by
+ * cookie (reading READ data only for a successful READ, as the driver does)
+ * and records the order replies came in.
  *
  * @module
  */
 
-import type { ByteStream } from "../../../lib/nbd/engine.ts";
+import type { ByteStream } from "../../../lib/io.ts";
 import {
   decodeSimpleReply,
   encodeRequest,
@@ -17,15 +18,15 @@ import {
 } from "../../../lib/nbd/wire.ts";
 
 /** What came back for one request. */
-export interface FakeReply {
+export interface NbdClientReply {
   cookie: bigint;
   error: number;
   /** The data of a successful READ. */
   data?: Uint8Array;
 }
 
-/** A request as a test writes it; the cookie is chosen by the fake kernel unless given. */
-export interface FakeRequest {
+/** A request as a test writes it; the cookie is chosen by the client unless given. */
+export interface NbdClientRequest {
   type: number;
   offset?: bigint | number;
   length?: number;
@@ -38,12 +39,12 @@ export interface FakeRequest {
 interface Pending {
   type: number;
   length: number;
-  resolve: (reply: FakeReply) => void;
+  resolve: (reply: NbdClientReply) => void;
   reject: (err: Error) => void;
 }
 
-/** The kernel's side of an NBD socket. */
-export class FakeKernel {
+/** The client (kernel) side of an NBD socket in the transmission phase. */
+export class NbdClient {
   readonly #stream: ByteStream;
   readonly #pending = new Map<bigint, Pending>();
   #writeTail: Promise<void> = Promise.resolve();
@@ -62,10 +63,76 @@ export class FakeKernel {
   }
 
   /** Send a request and wait for its reply. */
-  request(req: FakeRequest): Promise<FakeReply> {
+  request(req: NbdClientRequest): Promise<NbdClientReply> {
+    return this.burst([req])[0];
+  }
+
+  /**
+   * Send `requests` in one write, as the driver does when its queue fills
+   * at once, followed by DISC when `disconnect` says so: a server reading
+   * them gets them all in one socket read. Returns each request's reply.
+   */
+  burst(requests: NbdClientRequest[], disconnect = false): Promise<NbdClientReply>[] {
+    const frames = requests.map((req) => this.#frame(req));
+    const pieces = frames.map((f) => f.frame);
+    if (disconnect) pieces.push(this.#discFrame());
+    const bytes = new Uint8Array(pieces.reduce((n, piece) => n + piece.length, 0));
+    let at = 0;
+    for (const piece of pieces) {
+      bytes.set(piece, at);
+      at += piece.length;
+    }
+    void this.sendRaw(bytes).catch((err) => this.#failAll(err));
+    return frames.map((f) => f.reply);
+  }
+
+  read(offset: number, length: number): Promise<NbdClientReply> {
+    return this.request({ type: NbdCommand.read, offset, length });
+  }
+
+  write(offset: number, data: Uint8Array, flags = 0): Promise<NbdClientReply> {
+    return this.request({ type: NbdCommand.write, offset, data, flags });
+  }
+
+  flush(): Promise<NbdClientReply> {
+    return this.request({ type: NbdCommand.flush });
+  }
+
+  writeZeroes(offset: number, length: number, flags = 0): Promise<NbdClientReply> {
+    return this.request({ type: NbdCommand.writeZeroes, offset, length, flags });
+  }
+
+  /** Send DISC (which has no reply). */
+  disconnect(): Promise<void> {
+    return this.sendRaw(this.#discFrame());
+  }
+
+  #discFrame(): Uint8Array {
+    return encodeRequest({
+      flags: 0,
+      type: NbdCommand.disc,
+      cookie: this.#nextCookie++,
+      offset: 0n,
+      length: 0,
+    });
+  }
+
+  /** Write bytes as they are, after everything sent before. */
+  sendRaw(bytes: Uint8Array): Promise<void> {
+    const written = this.#writeTail.then(async () => {
+      for (let done = 0; done < bytes.length;) {
+        done += await this.#stream.write(bytes.subarray(done));
+      }
+    });
+    this.#writeTail = written.catch(() => {});
+    return written;
+  }
+
+  /** Register `req` as pending and encode it: its header, then any WRITE payload. */
+  #frame(req: NbdClientRequest): { frame: Uint8Array; reply: Promise<NbdClientReply> } {
     const cookie = req.cookie ?? this.#nextCookie++;
     const length = req.length ?? req.data?.length ?? 0;
-    const reply = new Promise<FakeReply>((resolve, reject) => {
+    const reply = new Promise<NbdClientReply>((resolve, reject) => {
       this.#pending.set(cookie, { type: req.type, length, resolve, reject });
     });
     const header = encodeRequest({
@@ -78,47 +145,7 @@ export class FakeKernel {
     const frame = new Uint8Array(REQUEST_BYTES + (req.data?.length ?? 0));
     frame.set(header);
     if (req.data) frame.set(req.data, REQUEST_BYTES);
-    void this.sendRaw(frame).catch((err) => this.#failAll(err));
-    return reply;
-  }
-
-  read(offset: number, length: number): Promise<FakeReply> {
-    return this.request({ type: NbdCommand.read, offset, length });
-  }
-
-  write(offset: number, data: Uint8Array, flags = 0): Promise<FakeReply> {
-    return this.request({ type: NbdCommand.write, offset, data, flags });
-  }
-
-  flush(): Promise<FakeReply> {
-    return this.request({ type: NbdCommand.flush });
-  }
-
-  writeZeroes(offset: number, length: number, flags = 0): Promise<FakeReply> {
-    return this.request({ type: NbdCommand.writeZeroes, offset, length, flags });
-  }
-
-  /** Send DISC (which has no reply). */
-  disconnect(): Promise<void> {
-    const header = encodeRequest({
-      flags: 0,
-      type: NbdCommand.disc,
-      cookie: this.#nextCookie++,
-      offset: 0n,
-      length: 0,
-    });
-    return this.sendRaw(header);
-  }
-
-  /** Write bytes as they are, after everything sent before. */
-  sendRaw(bytes: Uint8Array): Promise<void> {
-    const written = this.#writeTail.then(async () => {
-      for (let done = 0; done < bytes.length;) {
-        done += await this.#stream.write(bytes.subarray(done));
-      }
-    });
-    this.#writeTail = written.catch(() => {});
-    return written;
+    return { frame, reply };
   }
 
   /** Requests sent and not yet answered. */
