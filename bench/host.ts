@@ -29,6 +29,11 @@ export interface HostBenchOptions {
   runs: number;
   runtimeSeconds: number;
   imageBytes: number;
+  /**
+   * Another checkout of 9nbd whose proxy runs beside this one's (same
+   * options, same diod, alternating runs): a before-and-after in one run.
+   */
+  against?: { dir: string; label: string };
   /** Progress lines. */
   log: (line: string) => void;
 }
@@ -78,6 +83,24 @@ const comparators: Comparator[] = [
     start: (paths, socket, ro) => startNbdkit(ro ? paths.image : paths.scratch, socket, ro),
   },
 ];
+
+/** The comparators of one run: with `against`, that checkout's proxy goes second. */
+function comparatorsFor(options: HostBenchOptions): Comparator[] {
+  const against = options.against;
+  if (!against) return comparators;
+  return [comparators[0], {
+    key: "proxy-against",
+    label: `9nbd proxy at ${against.label}`,
+    start: (_p, socket, ro, spec) =>
+      startProxy(
+        `9nbd proxy at ${against.label}`,
+        ro ? spec.image : spec.scratch,
+        socket,
+        ro ? [] : ["--rw"],
+        against.dir,
+      ),
+  }, ...comparators.slice(1)];
+}
 
 /** One cell of the fio table. */
 export interface FioCell {
@@ -168,7 +191,7 @@ export async function runHostBench(options: HostBenchOptions): Promise<HostResul
       if (jobs.length === 0) continue;
       // Each writable comparator gets its own scratch copy of the image.
       const started: { comparator: Comparator; server: BenchServer; before: number }[] = [];
-      for (const comparator of comparators) {
+      for (const comparator of comparatorsFor(options)) {
         const scratchName = `scratch-${comparator.key}.img`;
         if (!readOnly) await Deno.copyFile(imagePath, `${exportDir}/${scratchName}`);
         const paths = { image: imagePath, scratch: `${exportDir}/${scratchName}` };

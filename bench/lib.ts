@@ -221,20 +221,30 @@ export function startProxy(
   spec: string,
   socket: string,
   extra: string[],
+  checkout?: string,
 ): Promise<BenchServer> {
   return spawnServer(
     label,
     Deno.execPath(),
-    mainArgs(["proxy", "--quiet", spec, "--listen", `unix:${socket}`, ...extra], [
-      v8FlagsArgument(),
-    ]),
+    mainArgs(
+      ["proxy", "--quiet", spec, "--listen", `unix:${socket}`, ...extra],
+      [v8FlagsArgument()],
+      checkout,
+    ),
     socket,
   );
 }
 
-/** `deno` arguments that run 9nbd with `args`, after the extra `denoFlags` for `deno run`. */
-export function mainArgs(args: string[], denoFlags: string[] = []): string[] {
-  return ["run", "-A", "--quiet", ...denoFlags, "--config", configPath, mainTs, ...args];
+/**
+ * `deno` arguments that run 9nbd with `args`, after the extra `denoFlags` for
+ * `deno run`; from another `checkout` of 9nbd when given (to compare two
+ * commits in one run).
+ */
+export function mainArgs(args: string[], denoFlags: string[] = [], checkout?: string): string[] {
+  const [main, config] = checkout
+    ? [`${checkout}/main.ts`, `${checkout}/deno.json`]
+    : [mainTs, configPath];
+  return ["run", "-A", "--quiet", ...denoFlags, "--config", config, main, ...args];
 }
 
 /** `nbdkit file` on `path` (the comparator: a C server reading the file directly). */

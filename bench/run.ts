@@ -10,6 +10,8 @@
  *   --runtime S      seconds per fio run (default 3)
  *   --quick          --runs 2 --runtime 1 (to check the harness, not to measure)
  *   --host-only      skip the VM benchmarks; --vm-only skips the host ones
+ *   --against DIR    also run DIR's proxy (another checkout of 9nbd, e.g. an
+ *                    older commit) beside this one's in the host table
  *
  * @module
  */
@@ -20,7 +22,7 @@ import { describeMachine, formatIops, formatRate, haveCommand, type Machine } fr
 import { runVmBench, type VmResults } from "./vm.ts";
 
 const usage =
-  "usage: deno task bench [--runs N] [--vm-runs N] [--runtime SECONDS] [--quick] [--host-only | --vm-only]";
+  "usage: deno task bench [--runs N] [--vm-runs N] [--runtime SECONDS] [--quick] [--host-only | --vm-only] [--against DIR]";
 
 function parseOptions() {
   try {
@@ -33,6 +35,7 @@ function parseOptions() {
         quick: { type: "boolean" },
         "host-only": { type: "boolean" },
         "vm-only": { type: "boolean" },
+        against: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -43,6 +46,24 @@ function parseOptions() {
 }
 
 const { values } = parseOptions();
+
+/** `--against DIR` as the checkout and how the table names it (its commit). */
+async function againstCheckout(dir: string | undefined) {
+  if (dir === undefined) return undefined;
+  try {
+    await Deno.stat(`${dir}/main.ts`);
+  } catch {
+    console.error(`bench: --against ${dir}: no main.ts there (expected a checkout of 9nbd)`);
+    Deno.exit(2);
+  }
+  const out = await new Deno.Command("git", {
+    args: ["-C", dir, "rev-parse", "--short", "HEAD"],
+    stdout: "piped",
+    stderr: "null",
+  }).output().catch(() => undefined);
+  const commit = out?.success ? new TextDecoder().decode(out.stdout).trim() : "";
+  return { dir, label: commit || dir };
+}
 if (values.help) {
   console.log(usage);
   Deno.exit(0);
@@ -291,6 +312,7 @@ async function main(): Promise<number> {
       runs: hostRuns,
       runtimeSeconds,
       imageBytes: 256 * 1024 * 1024,
+      against: await againstCheckout(values.against),
       log,
     });
   }
