@@ -40,9 +40,33 @@ const libnbdBin = pkg("libnbd-bin", "nbdinfo and nbdcopy, NBD clients", "nbdinfo
 const fio = pkg("fio", "fio's NBD engine", "fio");
 const qemuUtils = pkg("qemu-utils", "qemu-img, an NBD client", "qemu-img");
 const nbdClient = pkg("nbd-client", "the stock NBD client", "nbd-client");
+const mmdebstrap = pkg(
+  "mmdebstrap",
+  "builds the Debian root that VMs boot over the network",
+  "mmdebstrap",
+);
+const nbdServer = pkg(
+  "nbd-server",
+  "the stock NBD server, serving the comparator's root",
+  "nbd-server",
+);
 
 /** What booting the VM takes (tools/vm.ts): the vm tier, the demo without NBD here, bench/vm.ts. */
 export const VM_PACKAGES: readonly DebianPackage[] = [qemu, busybox, kmod];
+
+/**
+ * What booting a Debian root over the network takes (tools/debian_root.ts, tools/boot_vm.ts,
+ * bench/boot.ts): QEMU, busybox's nc relaying the guest's connections, mmdebstrap, mke2fs, and
+ * nbd-server for Debian's own NBD root.
+ */
+export const VM_BOOT_PACKAGES: readonly DebianPackage[] = [
+  qemu,
+  busybox,
+  kmod,
+  mmdebstrap,
+  e2fsprogs,
+  nbdServer,
+];
 
 /** The demo on this machine's kernel: building the image and loading the NBD driver. */
 export const DEMO_PACKAGES: readonly DebianPackage[] = [e2fsprogs, kmod];
@@ -52,7 +76,7 @@ export const TIER_PACKAGES: Readonly<Record<string, readonly DebianPackage[]>> =
   unit: [],
   servers: [diod, ganesha, ganeshaVfs, libnbdBin, fio, qemuUtils],
   // The vm tier also runs the demo.
-  vm: [...VM_PACKAGES, e2fsprogs, diod, nbdClient],
+  vm: [...VM_PACKAGES, e2fsprogs, diod, nbdClient, mmdebstrap, nbdServer],
 };
 
 /** What {@linkcode ensurePackages} achieved. */

@@ -15,6 +15,7 @@ import {
   installedFromDpkgQuery,
   missingPackages,
   TIER_PACKAGES,
+  VM_BOOT_PACKAGES,
   VM_PACKAGES,
 } from "../../tools/packages.ts";
 import { skipLine, skippedLines } from "../support/tier.ts";
@@ -72,15 +73,22 @@ Deno.test("a package that cannot be installed here is refused in one line saying
   );
 });
 
-Deno.test("the vm tier has what booting the VM and the demo need; every tier has a list", () => {
+Deno.test("the vm tier has what booting the VM, a Debian root and the demo need; every tier has a list", () => {
   const vm = new Set(TIER_PACKAGES.vm.map((p) => p.name));
-  for (const p of [...VM_PACKAGES, ...DEMO_PACKAGES]) assert.ok(vm.has(p.name), p.name);
+  for (const p of [...VM_PACKAGES, ...VM_BOOT_PACKAGES, ...DEMO_PACKAGES]) {
+    assert.ok(vm.has(p.name), p.name);
+  }
   assert.deepEqual(Object.keys(TIER_PACKAGES).sort(), ["servers", "unit", "vm"]);
 });
 
 Deno.test("CI keeps no package list of its own: .ci/run names none of tools/packages.ts", async () => {
   const script = await Deno.readTextFile(`${root}/.ci/run`);
-  const all = [...Object.values(TIER_PACKAGES).flat(), ...VM_PACKAGES, ...DEMO_PACKAGES];
+  const all = [
+    ...Object.values(TIER_PACKAGES).flat(),
+    ...VM_PACKAGES,
+    ...VM_BOOT_PACKAGES,
+    ...DEMO_PACKAGES,
+  ];
   const named = [...new Set(all.map((p) => p.name))].filter((name) =>
     new RegExp(`(^|[\\s"'(])${name.replace(/[.+]/g, "\\$&")}([\\s"')]|$)`, "m").test(script)
   );
