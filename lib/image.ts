@@ -47,6 +47,8 @@ export interface OpenOptions {
   mungeSocket?: string;
   /** Where MUNGE credentials come from instead of libmunge (tests). */
   credentials?: CredentialSource;
+  /** TCP only: connect from a privileged source port (`DialOptions` in lib/address.ts). */
+  privilegedPort?: boolean;
 }
 
 const S_IFMT = 0o170000;
@@ -74,7 +76,7 @@ async function openChannel(
   const timeoutMs = options.timeoutMs ?? 10_000;
   let session: Session | undefined;
   try {
-    const stream = await dial(spec.address, timeoutMs);
+    const stream = await dial(spec.address, timeoutMs, { privilegedPort: options.privilegedPort });
     session = await Session.start(stream, {
       label,
       msize: options.msize,

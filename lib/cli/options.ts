@@ -37,6 +37,7 @@ export const serverOptions = {
   "max-inflight": { type: "string" },
   auth: { type: "string" },
   "munge-socket": { type: "string" },
+  privport: { type: "boolean" },
 } as const satisfies Options;
 
 /**
@@ -67,7 +68,9 @@ Server options:
                     for it (diod does by default); munge: always (fail against a
                     server that takes none); none: never
   --munge-socket PATH
-                    munged's socket (default ${DEFAULT_MUNGE_SOCKET})`;
+                    munged's socket (default ${DEFAULT_MUNGE_SOCKET})
+  --privport        connect from a privileged source port (512-1023; needs
+                    root), for servers that trust only those (diod's privport)`;
 
 /** Help text for {@link commonOptions}. */
 export const commonHelp = `
@@ -163,6 +166,7 @@ export function openOptions(values: {
   "max-inflight"?: string;
   auth?: string;
   "munge-socket"?: string;
+  privport?: boolean;
 }): OpenOptions {
   const options: OpenOptions = {};
   if (values.uname !== undefined) {
@@ -188,6 +192,7 @@ export function openOptions(values: {
   if (values["munge-socket"] !== undefined) {
     options.mungeSocket = parseMungeSocket(values["munge-socket"]);
   }
+  if (values.privport) options.privilegedPort = true;
   return options;
 }
 

@@ -113,11 +113,12 @@ Deno.test("openOptions converts every server option", () => {
     auth: "auto",
   });
   assert.deepEqual(
-    openOptions({ auth: "none", "munge-socket": "../munge/munge.socket.2" }),
+    openOptions({ auth: "none", "munge-socket": "../munge/munge.socket.2", privport: true }),
     {
       timeoutMs: 10_000,
       auth: "none",
       mungeSocket: "../munge/munge.socket.2",
+      privilegedPort: true,
     },
   );
   assert.equal(openOptions({ auth: "munge" }).auth, "munge");

@@ -2,13 +2,20 @@
  * `9nbd export` against our own client (Image, Session) and hand-built
  * frames, in process on free loopback ports: reads and writes at odd
  * offsets, many readers at once, Tflush ordering, escapes out of the export,
- * read-only refusal, hostile clients, --allow and --privport, MUNGE
- * authentication (with a fake munged) and the start-up warning.
+ * read-only refusal, hostile clients, --allow and --privport (both sides),
+ * MUNGE authentication (with a fake munged) and the start-up warning.
  */
 
 import assert from "node:assert/strict";
 import * as net from "node:net";
-import { AuthError, ConnectionError, ErrnoError, P9Error } from "../../lib/errors.ts";
+import {
+  AuthError,
+  ConnectionError,
+  ErrnoError,
+  ExitCode,
+  exitCodeFor,
+  P9Error,
+} from "../../lib/errors.ts";
 import { Errno } from "../../lib/errno.ts";
 import { Image } from "../../lib/image.ts";
 import type { ByteStream } from "../../lib/io.ts";
@@ -716,6 +723,39 @@ Deno.test({
         }
       }
       throw lastError;
+    }),
+});
+
+Deno.test({
+  name:
+    "a client with --privport connects from a port below 1024, which a --privport export admits",
+  ...testOptions,
+  fn: () =>
+    withServer({ privilegedPortOnly: true }, async ({ spec, image }) => {
+      const opening = Image.open(parseSpec(spec()), { privilegedPort: true });
+      if (Deno.uid() !== 0) {
+        // Without root the bind is refused: one line that says so, exit code 3.
+        await assert.rejects(opening, (err: unknown) => {
+          assert.ok(err instanceof ErrnoError, String(err));
+          assert.match(err.message, /--privport: .*needs root/);
+          assert.equal(exitCodeFor(err), ExitCode.permission);
+          return true;
+        });
+        return;
+      }
+      const opened = await opening;
+      try {
+        const dest = new Uint8Array(300_000);
+        await opened.read(4_000_000, dest);
+        assert.deepEqual(dest, image.subarray(4_000_000, 4_300_000));
+      } finally {
+        await opened.close();
+      }
+      await assert.rejects(
+        Image.open(parseSpec(spec()), { timeoutMs: 3000 }),
+        (err: unknown) => err instanceof ConnectionError,
+        "the same export refuses an ordinary source port",
+      );
     }),
 });
 
