@@ -40,6 +40,8 @@ const libnbdBin = pkg("libnbd-bin", "nbdinfo and nbdcopy, NBD clients", "nbdinfo
 const fio = pkg("fio", "fio's NBD engine", "fio");
 const qemuUtils = pkg("qemu-utils", "qemu-img, an NBD client", "qemu-img");
 const nbdClient = pkg("nbd-client", "the stock NBD client", "nbd-client");
+const munge = pkg("munge", "munged and mungekey, for MUNGE authentication", "munged");
+const libmunge = pkg("libmunge2", "libmunge, which 9nbd calls for MUNGE credentials");
 
 /** What booting the VM takes (tools/vm.ts): the vm tier, the demo without NBD here, bench/vm.ts. */
 export const VM_PACKAGES: readonly DebianPackage[] = [qemu, busybox, kmod];
@@ -50,9 +52,9 @@ export const DEMO_PACKAGES: readonly DebianPackage[] = [e2fsprogs, kmod];
 /** Each tier of `deno task test` and the Debian packages it needs. */
 export const TIER_PACKAGES: Readonly<Record<string, readonly DebianPackage[]>> = {
   unit: [],
-  servers: [diod, ganesha, ganeshaVfs, libnbdBin, fio, qemuUtils],
-  // The vm tier also runs the demo.
-  vm: [...VM_PACKAGES, e2fsprogs, diod, nbdClient],
+  servers: [diod, ganesha, ganeshaVfs, libnbdBin, fio, qemuUtils, munge, libmunge],
+  // The vm tier also runs the demo, and attaches to a diod that requires MUNGE.
+  vm: [...VM_PACKAGES, e2fsprogs, diod, nbdClient, munge, libmunge],
 };
 
 /** What {@linkcode ensurePackages} achieved. */
