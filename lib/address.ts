@@ -29,8 +29,11 @@
  * @module
  */
 
-import { ConnectionError, TimeoutError, UsageError } from "./errors.ts";
+import { connect as nodeConnect } from "node:net";
+import { errnoNumber } from "./errno.ts";
+import { ConnectionError, ErrnoError, TimeoutError, UsageError } from "./errors.ts";
 import type { ByteStream } from "./io.ts";
+import { NodeSocketStream } from "./node_socket.ts";
 
 /** A TCP server: a host name or IP address (IPv6 without brackets) and a port. */
 export interface TcpAddress {
@@ -107,6 +110,18 @@ export interface Listening {
   close(): Promise<void>;
 }
 
+/** How to dial. */
+export interface DialOptions {
+  /**
+   * TCP: connect from a privileged source port (1023 down to 512, the
+   * range diod accepts), as `mount -t 9p -o privport` does, for servers
+   * that trust only root-owned clients (diod's `privport` export option,
+   * nfs-ganesha's `PrivilegedPort`). Needs root (CAP_NET_BIND_SERVICE).
+   * Ignored by other kinds of address.
+   */
+  privilegedPort?: boolean;
+}
+
 /** Everything about one kind of address. */
 interface AddressKind<A extends Address> {
   /** The text that starts this kind's addresses (`unix:`); "" for the kind without one. */
@@ -115,7 +130,7 @@ interface AddressKind<A extends Address> {
   read(body: string, rules: AddressRules): A | string;
   /** The text that reads back as `address` (the port left out when it is `defaultPort`). */
   format(address: A, defaultPort?: number): string;
-  connect(address: A): Promise<Deno.Conn>;
+  connect(address: A, options: DialOptions): Promise<ByteStream>;
   listen(address: A): Promise<Listening>;
 }
 
@@ -169,7 +184,8 @@ const tcp: AddressKind<TcpAddress> = {
     const host = address.host.includes(":") ? `[${address.host}]` : address.host;
     return address.port === defaultPort ? host : `${host}:${address.port}`;
   },
-  async connect(address) {
+  async connect(address, options) {
+    if (options.privilegedPort) return await connectFromPrivilegedPort(address);
     const conn = await Deno.connect({
       transport: "tcp",
       hostname: address.host,
@@ -188,6 +204,72 @@ const tcp: AddressKind<TcpAddress> = {
     }));
   },
 };
+
+/** The reserved source ports {@link DialOptions.privilegedPort} tries, from the top down. */
+export const PRIVILEGED_PORTS = { highest: 1023, lowest: 512 } as const;
+
+/**
+ * The next reserved port to try. It moves on with every attempt, so a
+ * reconnect does not first try the port its predecessor may still hold
+ * (closing, or in TIME_WAIT).
+ */
+let nextPrivilegedPort: number = PRIVILEGED_PORTS.highest;
+
+/** What a bind or connect from a taken port fails with: try the next port. */
+const portTakenCodes = new Set(["EADDRINUSE", "EADDRNOTAVAIL", "EINVAL"]);
+
+/**
+ * Connect from a free reserved port: `Deno.connect` cannot bind a local
+ * port, `node:net` can. Every reserved port is tried at most once.
+ */
+async function connectFromPrivilegedPort(address: TcpAddress): Promise<ByteStream> {
+  const { highest, lowest } = PRIVILEGED_PORTS;
+  let lastCode = "";
+  for (let tries = highest - lowest + 1; tries > 0; tries--) {
+    const localPort = nextPrivilegedPort;
+    nextPrivilegedPort = localPort === lowest ? highest : localPort - 1;
+    const stream = new NodeSocketStream((onread) =>
+      nodeConnect({ host: address.host, port: address.port, localPort, onread })
+    );
+    try {
+      await new Promise<void>((resolve, reject) => {
+        stream.socket.once("connect", resolve);
+        stream.socket.once("error", reject);
+      });
+      // Small requests (Tread headers) must leave at once, not wait for Nagle.
+      stream.socket.setNoDelay(true);
+      return stream;
+    } catch (err) {
+      stream.close();
+      const code = (err as { code?: string }).code ?? "";
+      if (code === "EACCES" || code === "EPERM") {
+        throw new ErrnoError(
+          errnoNumber(code),
+          `--privport: bind source port ${localPort}`,
+          "a privileged port needs root (CAP_NET_BIND_SERVICE)",
+        );
+      }
+      if (!portTakenCodes.has(code)) throw new ConnectionError(`connect: ${nodeReason(err)}`);
+      lastCode = code;
+    }
+  }
+  throw new ConnectionError(
+    `connect: no free privileged source port from ${lowest} to ${highest} (${lastCode})`,
+  );
+}
+
+/** A node:net error in the words {@link connectReason} uses. */
+function nodeReason(err: unknown): string {
+  switch ((err as { code?: string }).code) {
+    case "ECONNREFUSED":
+      return "connection refused";
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return "no such socket or host";
+    default:
+      return err instanceof Error ? err.message : String(err);
+  }
+}
 
 const unix: AddressKind<UnixAddress> = {
   prefix: "unix:",
@@ -307,9 +389,18 @@ export function formatAddress(address: Address, defaultPort?: number): string {
   return kindOf(address).format(address, defaultPort);
 }
 
-/** Connect to `address`, giving up after `timeoutMs` with a {@link TimeoutError}. */
-export async function dial(address: Address, timeoutMs: number): Promise<ByteStream> {
-  const attempt = kindOf(address).connect(address);
+/**
+ * Connect to `address`, giving up after `timeoutMs` with a
+ * {@link TimeoutError}. A failure is a {@link ConnectionError}, except what
+ * no retry can mend (an {@link ErrnoError}: no permission for a privileged
+ * port).
+ */
+export async function dial(
+  address: Address,
+  timeoutMs: number,
+  options: DialOptions = {},
+): Promise<ByteStream> {
+  const attempt = kindOf(address).connect(address, options);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -322,7 +413,7 @@ export async function dial(address: Address, timeoutMs: number): Promise<ByteStr
   } catch (cause) {
     // A connection that arrives after the deadline must not leak.
     attempt.then((conn) => conn.close(), () => {});
-    if (cause instanceof ConnectionError) throw cause;
+    if (cause instanceof ConnectionError || cause instanceof ErrnoError) throw cause;
     throw new ConnectionError(`connect: ${connectReason(cause)}`, { cause });
   } finally {
     clearTimeout(timer);

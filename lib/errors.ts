@@ -100,6 +100,21 @@ export class P9Error extends ErrnoError {
   }
 }
 
+/**
+ * Authentication with a server could not be done, or was refused: munged
+ * unreachable or libmunge missing, a credential the server refused (expired,
+ * replayed, munged keys that differ), or a server that requires
+ * authentication this side was told not to do (`--auth none`). Exit code
+ * {@link ExitCode.permission}. Not retriable ({@link isRetriable}): another
+ * try with the same key and the same munged ends the same way, so attaching
+ * fails at once with this message; a reconnect loop that is already running
+ * keeps trying every replica with backoff, as it does for any failure (munged
+ * may be restarting, a key may be fixed), and logs it.
+ */
+export class AuthError extends Error {
+  override name = "AuthError";
+}
+
 /** Errnos that mean "the image (or device) is not there". */
 const notFoundCodes = new Set(["ENOENT", "ENOTDIR", "ENXIO", "ENODEV"]);
 /** Errnos that mean "you may not". */
@@ -109,7 +124,8 @@ const permissionCodes = new Set(["EPERM", "EACCES", "EROFS"]);
  * May the operation that failed with `err` be tried again, on a new session
  * or another server? Connection-level failures (including a peer that broke
  * the protocol, which poisons its connection) are; an errno (a server's
- * Rlerror or a local failure), a usage error or anything else is not.
+ * Rlerror or a local failure), an {@link AuthError}, a usage error or
+ * anything else is not.
  */
 export function isRetriable(err: unknown): boolean {
   return err instanceof ConnectionError || err instanceof ProtocolError;
@@ -118,6 +134,7 @@ export function isRetriable(err: unknown): boolean {
 /** Map any error to the documented exit code of the CLI. */
 export function exitCodeFor(err: unknown): number {
   if (err instanceof UsageError) return ExitCode.usage;
+  if (err instanceof AuthError) return ExitCode.permission;
   if (err instanceof ErrnoError) {
     if (notFoundCodes.has(err.code)) return ExitCode.notFound;
     if (permissionCodes.has(err.code)) return ExitCode.permission;

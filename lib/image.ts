@@ -11,6 +11,13 @@ import { dial, formatAddress } from "./address.ts";
 import type { BlockBackend } from "./backend.ts";
 import { Errno } from "./errno.ts";
 import { type ConnectionError, ErrnoError, inServer, P9Error, ProtocolError } from "./errors.ts";
+import { libmungeClient } from "./kernel/munge.ts";
+import {
+  authenticatedAttach,
+  type AuthMode,
+  type AuthPolicy,
+  type CredentialSource,
+} from "./p9/auth.ts";
 import { Session } from "./p9/session.ts";
 import { GetattrMask, OpenFlags, type Qid } from "./p9/wire.ts";
 import type { Spec } from "./spec.ts";
@@ -31,6 +38,17 @@ export interface OpenOptions {
   connections?: number;
   /** Open read-write instead of read-only. */
   writable?: boolean;
+  /**
+   * How to authenticate each session's attach (see lib/p9/auth.ts); left
+   * out, attach without authentication. The CLI passes `auto` by default.
+   */
+  auth?: AuthMode;
+  /** munged's socket for MUNGE credentials (default: munged's own, `/run/munge/munge.socket.2`). */
+  mungeSocket?: string;
+  /** Where MUNGE credentials come from instead of libmunge (tests). */
+  credentials?: CredentialSource;
+  /** TCP only: connect from a privileged source port (`DialOptions` in lib/address.ts). */
+  privilegedPort?: boolean;
 }
 
 const S_IFMT = 0o170000;
@@ -49,7 +67,7 @@ interface Opened {
   iounit: number;
 }
 
-/** Open `spec` on a new session: attach, walk, stat, open. */
+/** Open `spec` on a new session: attach (authenticated as `options.auth` says), walk, stat, open. */
 async function openChannel(
   spec: Spec,
   options: OpenOptions,
@@ -58,18 +76,19 @@ async function openChannel(
   const timeoutMs = options.timeoutMs ?? 10_000;
   let session: Session | undefined;
   try {
-    const stream = await dial(spec.address, timeoutMs);
+    const stream = await dial(spec.address, timeoutMs, { privilegedPort: options.privilegedPort });
     session = await Session.start(stream, {
       label,
       msize: options.msize,
       timeoutMs,
       maxInflight: options.maxInflight,
     });
-    const root = await session.attach(
-      options.uname ?? "root",
-      spec.aname,
-      options.uid ?? Deno.uid() ?? 0,
-    );
+    // A fresh credential for every session, reconnects included.
+    const root = await authenticatedAttach(session, {
+      uname: options.uname ?? "root",
+      aname: spec.aname,
+      nUname: options.uid ?? Deno.uid() ?? 0,
+    }, authPolicy(options));
     let fid = root.fid;
     if (spec.walk.length > 0) {
       const walked = await session.walk(root.fid, spec.walk);
@@ -94,6 +113,15 @@ async function openChannel(
     session?.close("open failed");
     throw inServer(label, err);
   }
+}
+
+/** What {@link OpenOptions} say about authentication, as lib/p9/auth.ts takes it. */
+function authPolicy(options: OpenOptions): AuthPolicy | undefined {
+  if (options.auth === undefined) return undefined;
+  return {
+    mode: options.auth,
+    credentials: options.credentials ?? libmungeClient(options.mungeSocket),
+  };
 }
 
 /** An open image. */

@@ -50,6 +50,8 @@ const nbdServer = pkg(
   "the stock NBD server, serving the comparator's root",
   "nbd-server",
 );
+const munge = pkg("munge", "munged and mungekey, for MUNGE authentication", "munged");
+const libmunge = pkg("libmunge2", "libmunge, which 9nbd calls for MUNGE credentials");
 
 /** What booting the VM takes (tools/vm.ts): the vm tier, the demo without NBD here, bench/vm.ts. */
 export const VM_PACKAGES: readonly DebianPackage[] = [qemu, busybox, kmod];
@@ -74,9 +76,10 @@ export const DEMO_PACKAGES: readonly DebianPackage[] = [e2fsprogs, kmod];
 /** Each tier of `deno task test` and the Debian packages it needs. */
 export const TIER_PACKAGES: Readonly<Record<string, readonly DebianPackage[]>> = {
   unit: [],
-  servers: [diod, ganesha, ganeshaVfs, libnbdBin, fio, qemuUtils],
-  // The vm tier also runs the demo.
-  vm: [...VM_PACKAGES, e2fsprogs, diod, nbdClient, mmdebstrap, nbdServer],
+  servers: [diod, ganesha, ganeshaVfs, libnbdBin, fio, qemuUtils, munge, libmunge],
+  // The vm tier also runs the demo, boots Debian roots over the network, and attaches to a
+  // diod that requires MUNGE.
+  vm: [...VM_PACKAGES, e2fsprogs, diod, nbdClient, mmdebstrap, nbdServer, munge, libmunge],
 };
 
 /** What {@linkcode ensurePackages} achieved. */

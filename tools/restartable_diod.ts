@@ -10,7 +10,7 @@
  */
 
 import { findProgram } from "./packages.ts";
-import { freePort, serverUnavailable } from "./servers.ts";
+import { freePort, type RunningMunged, serverUnavailable, withMunged } from "./servers.ts";
 
 /** A diod on a fixed loopback port that can be killed, stopped and started again. */
 export interface RestartableDiod {
@@ -57,10 +57,14 @@ globalThis.addEventListener("unload", () => {
   }
 });
 
-/** Start diod exporting `dir` on a free port (or `port`). */
+/**
+ * Start diod exporting `dir` on a free port (or `port`); with `options.auth`
+ * it requires MUNGE authentication through that munged (as `startDiod`).
+ */
 export async function startRestartableDiod(
   dir: string,
   port = freePort(),
+  options: { auth?: RunningMunged } = {},
 ): Promise<RestartableDiod> {
   // Where serverUnavailable found it: sbin may not be on PATH.
   const binary = findProgram("diod") ?? "diod";
@@ -77,15 +81,16 @@ export async function startRestartableDiod(
     // A port freed by SIGKILL can take a moment to be bindable again.
     for (let attempt = 0;; attempt++) {
       output = "";
-      // SIGPIPE ignored, as systemd starts services: diod 1.0.24 is killed by SIGPIPE when,
-      // resumed after SIGSTOP, it answers on a connection the client has closed meanwhile.
-      const proc = new Deno.Command("sh", {
-        args: [
-          ...["-c", `trap '' PIPE; exec "$0" "$@"`, binary],
-          ...["-f", "-n", "-c", config, "-N", "-S"],
-          ...(Deno.uid() === 0 ? ["-U", "root"] : []),
-          ...["-L", "stderr", "-l", `127.0.0.1:${port}`],
-        ],
+      // SIGPIPE ignored (withMunged does it), as systemd starts services: diod 1.0.24 is
+      // killed by SIGPIPE when, resumed after SIGSTOP, it answers on a connection the client
+      // has closed meanwhile.
+      const command = withMunged(options.auth, binary, [
+        ...["-f", ...(options.auth ? [] : ["-n"]), "-c", config, "-N", "-S"],
+        ...(Deno.uid() === 0 ? ["-U", "root"] : []),
+        ...["-L", "stderr", "-l", `127.0.0.1:${port}`],
+      ]);
+      const proc = new Deno.Command(command.binary, {
+        args: command.args,
         stdin: "null",
         stdout: "null",
         stderr: "piped",

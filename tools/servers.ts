@@ -31,6 +31,7 @@
  * @module
  */
 
+import { dirname } from "node:path";
 import { findProgram, isFile } from "./packages.ts";
 
 /** Which 9P server implementation a {@link RunningServer} is. */
@@ -73,6 +74,18 @@ export interface ServerOptions {
   host?: string;
   /** How long to wait for the port to accept connections (default 15 000 ms). */
   startTimeoutMs?: number;
+  /**
+   * Admit only clients whose source port is below 1024: diod's export option
+   * `privport` (a port 512-1023, else EPERM), nfs-ganesha's `PrivilegedPort`.
+   */
+  privilegedPort?: boolean;
+  /**
+   * diod only: require MUNGE authentication (diod's default, without `-n`),
+   * with credentials decoded by this munged. diod (libmunge) only reaches
+   * munged at the default socket path, so unless `auth` is there, diod runs
+   * in a private mount namespace that has `auth.runDir` on /run.
+   */
+  auth?: RunningMunged;
 }
 
 const startTimeoutDefaultMs = 15_000;
@@ -145,8 +158,9 @@ export function serverUnavailable(kind: ServerKind): string | null {
 }
 
 /**
- * Starts diod exporting `dir`, with authentication off, and waits until it
- * accepts connections. Clients attach with the image file's absolute path.
+ * Starts diod exporting `dir`, with authentication off unless `options.auth`
+ * names a munged, and waits until it accepts connections. Clients attach
+ * with the image file's absolute path.
  *
  * @throws Error with diod's output when it exits or never listens.
  */
@@ -158,11 +172,15 @@ export async function startDiod(options: ServerOptions): Promise<RunningServer> 
     throw new Error(`diod cannot listen on the IPv6 address ${host}; use nfs-ganesha for IPv6`);
   }
   const exportDir = await Deno.realPath(options.dir);
+  const exportOptions = [
+    ...(options.readOnly ? ["ro"] : []),
+    ...(options.privilegedPort ? ["privport"] : []),
+  ];
   return await startWithRetries("diod", host, options, (port, workDir) => ({
-    binary,
-    args: [
+    ...withMunged(options.auth, binary, [
       "-f", // stay in the foreground, so we own the process and its stderr
-      "-n", // no authentication (no MUNGE): Tauth answers ENOENT, attach with NOFID
+      // No authentication (no MUNGE): Tauth answers ENOENT, attach with NOFID.
+      ...(options.auth ? [] : ["-n"]),
       // Our own config holds only the export: `-e` cannot carry export options
       // (`-o ro` applies only to `-E` exports), and the host's /etc/diod.conf
       // must not leak in.
@@ -179,10 +197,10 @@ export async function startDiod(options: ServerOptions): Promise<RunningServer> 
       "stderr",
       "-l",
       `${host}:${port}`,
-    ],
+    ]),
     files: {
       "diod.conf": `exports = { { path = ${luaString(exportDir)}${
-        options.readOnly ? `, opts = "ro"` : ""
+        exportOptions.length ? `, opts = ${luaString(exportOptions.join(","))}` : ""
       } } }\n`,
     },
     stopGraceMs: 3_000,
@@ -222,6 +240,7 @@ export async function startGanesha(options: ServerOptions): Promise<RunningServe
         exportDir,
         workDir,
         readOnly: options.readOnly ?? false,
+        privilegedPort: options.privilegedPort ?? false,
       }),
     },
     logFile: "ganesha.log",
@@ -231,6 +250,150 @@ export async function startGanesha(options: ServerOptions): Promise<RunningServe
     specFor: (name) => `${hostForSpec(host)}:${port}:${exportDir}//${name.replace(/^\/+/, "")}`,
     exportDir,
   }));
+}
+
+/** A munged started by {@link startMunged}: its own key, its own socket. */
+export interface RunningMunged {
+  /** The socket clients are given (`--munge-socket`). */
+  socket: string;
+  /**
+   * A directory holding `munge/munge.socket.2`: mounted on /run in a private
+   * mount namespace ({@link withMunged}), it is where libmunge's default
+   * path finds this munged, for programs that cannot be told another socket
+   * (diod, diodcat).
+   */
+  runDir: string;
+  /** The key its credentials are made and checked with. */
+  keyFile: string;
+  /** munged's process id. */
+  pid: number;
+  /** SIGTERM and wait for the exit: munged removes its socket. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait: the socket file stays behind, refusing connections. */
+  kill(): Promise<void>;
+}
+
+/** libmunge's default socket path: munged's default. */
+const DEFAULT_MUNGE_SOCKET = "/run/munge/munge.socket.2";
+
+/** Why {@link startMunged} and {@link withMunged} cannot run here, or null. */
+export function mungeUnavailable(): string | null {
+  for (const program of ["munged", "mungekey"]) {
+    if (findProgram(program) === null) return `${program} is not installed (Debian package munge)`;
+  }
+  if (findProgram("unshare") === null) return "unshare is not installed (Debian util-linux)";
+  if (Deno.uid() !== 0) return "a private mount namespace for diod needs root";
+  return null;
+}
+
+/**
+ * Starts munged with a key made for it (or `keyFile`, to share one), on a
+ * socket in a temp dir (or at `socket`: in a VM, where no other munged
+ * runs, the default path serves diod without a mount namespace), and waits
+ * until it answers. Never touches a munged the machine runs itself.
+ */
+export async function startMunged(
+  options: { keyFile?: string; socket?: string } = {},
+): Promise<RunningMunged> {
+  const unavailable = mungeUnavailable();
+  if (unavailable !== null) throw new Error(unavailable);
+  // munged checks that its socket's directory is reachable by everyone.
+  const workDir = await Deno.makeTempDir({ prefix: "9nbd-munged-" });
+  await Deno.chmod(workDir, 0o755);
+  const runDir = `${workDir}/run`;
+  await Deno.mkdir(`${runDir}/munge`, { recursive: true, mode: 0o755 });
+  await Deno.chmod(runDir, 0o755);
+  await Deno.chmod(`${runDir}/munge`, 0o755);
+  const socket = options.socket ?? `${runDir}/munge/munge.socket.2`;
+  if (options.socket) await Deno.mkdir(dirname(options.socket), { recursive: true, mode: 0o755 });
+  const keyFile = options.keyFile ?? `${workDir}/munge.key`;
+  if (!options.keyFile) {
+    const made = await new Deno.Command(findProgram("mungekey")!, {
+      args: ["--create", "--keyfile", keyFile],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!made.success) throw new Error(`mungekey: ${new TextDecoder().decode(made.stderr)}`);
+  }
+  const { child, output, drained, status, exited } = spawnTracked(findProgram("munged")!, [
+    "--foreground",
+    `--socket=${socket}`,
+    `--key-file=${keyFile}`,
+    `--log-file=${workDir}/munged.log`,
+    `--pid-file=${workDir}/munged.pid`,
+    `--seed-file=${workDir}/munged.seed`,
+  ], workDir);
+  const end = async (signalName: Deno.Signal) => {
+    if (!exited()) signal(child, signalName);
+    await status;
+    await drained;
+  };
+  const deadline = Date.now() + startTimeoutDefaultMs;
+  for (;;) {
+    try {
+      (await Deno.connect({ transport: "unix", path: socket })).close();
+      break;
+    } catch (error) {
+      if (exited() || Date.now() > deadline) {
+        await end("SIGKILL");
+        await Deno.remove(workDir, { recursive: true }).catch(() => {});
+        throw new Error(`munged did not start: ${output.text().trim()}`, { cause: error });
+      }
+    }
+    await sleep(25);
+  }
+  let removed = false;
+  const cleanUp = async () => {
+    if (removed) return;
+    removed = true;
+    if (options.socket) await Deno.remove(options.socket).catch(() => {});
+    await Deno.remove(workDir, { recursive: true }).catch(() => {});
+  };
+  return {
+    socket,
+    runDir,
+    keyFile,
+    pid: child.pid,
+    async stop() {
+      await end("SIGTERM");
+      await cleanUp();
+    },
+    async kill() {
+      await end("SIGKILL");
+    },
+  };
+}
+
+/**
+ * `binary args...` as a command that reaches `munged` at libmunge's default
+ * socket path: as it is when munged listens there, else inside a private
+ * mount namespace with munged's `runDir` mounted on /run (so nothing outside
+ * the command sees it, and a munged the machine runs is left alone). SIGPIPE
+ * is ignored, as systemd starts services: diod 1.0.24 dies of it when it
+ * answers on a connection its client has closed.
+ */
+export function withMunged(
+  munged: RunningMunged | undefined,
+  binary: string,
+  args: string[],
+): { binary: string; args: string[] } {
+  if (!munged || munged.socket === DEFAULT_MUNGE_SOCKET) {
+    return { binary: "sh", args: ["-c", `trap '' PIPE; exec "$0" "$@"`, binary, ...args] };
+  }
+  return {
+    binary: findProgram("unshare") ?? "unshare",
+    args: [
+      "--mount",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      `mount --bind "$0" /run && trap '' PIPE && exec "$@"`,
+      munged.runDir,
+      binary,
+      ...args,
+    ],
+  };
 }
 
 /** Everything needed to run one server on one port. */
@@ -287,28 +450,16 @@ async function launch(
   for (const [name, contents] of Object.entries(plan.files ?? {})) {
     await Deno.writeTextFile(`${workDir}/${name}`, contents);
   }
-  const child = new Deno.Command(plan.binary, {
-    args: plan.args,
-    cwd: workDir,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  live.set(child, workDir);
-  const output = new OutputTail();
-  // Drain both pipes, or a chatty server blocks on a full pipe.
-  const drained = Promise.all([output.drain(child.stdout), output.drain(child.stderr)]);
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    live.delete(child);
-    return s;
-  });
+  const { child, output, drained, status, exited: hasExited } = spawnTracked(
+    plan.binary,
+    plan.args,
+    workDir,
+  );
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
-      await terminate(child, status, () => exited, plan.stopGraceMs);
+      await terminate(child, status, hasExited, plan.stopGraceMs);
       await drained;
       await Deno.remove(workDir, { recursive: true }).catch(() => {});
     })();
@@ -327,16 +478,16 @@ async function launch(
   };
 
   try {
-    await waitForPort(host, port, deadline, () => exited);
+    await waitForPort(host, port, deadline, hasExited);
   } catch (error) {
     // Give a dying server a moment so its last words reach the pipes and log.
     await Promise.race([status, sleep(200)]);
     const message = await describe(
-      exited ? "exited before it accepted connections" : "did not accept connections in time",
+      hasExited() ? "exited before it accepted connections" : "did not accept connections in time",
     );
-    await terminate(child, status, () => exited, plan.stopGraceMs);
+    await terminate(child, status, hasExited, plan.stopGraceMs);
     await drained;
-    const portTaken = /address already in use|EADDRINUSE/i.test(message) && exited;
+    const portTaken = /address already in use|EADDRINUSE/i.test(message) && hasExited();
     throw portTaken
       ? new PortTakenError(message, { cause: error })
       : new Error(message, { cause: error });
@@ -351,6 +502,38 @@ async function launch(
     stop,
     pid: child.pid,
   };
+}
+
+/** A child process that is killed if the test process exits first, its output's tail kept. */
+interface Tracked {
+  child: Deno.ChildProcess;
+  output: OutputTail;
+  /** Both pipes drained: the process and its output are done. */
+  drained: Promise<unknown>;
+  status: Promise<Deno.CommandStatus>;
+  exited(): boolean;
+}
+
+/** Start `binary args...` in `workDir`, tracked in {@link live} until it exits. */
+function spawnTracked(binary: string, args: string[], workDir: string): Tracked {
+  const child = new Deno.Command(binary, {
+    args,
+    cwd: workDir,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  live.set(child, workDir);
+  const output = new OutputTail();
+  // Drain both pipes, or a chatty server blocks on a full pipe.
+  const drained = Promise.all([output.drain(child.stdout), output.drain(child.stderr)]);
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    live.delete(child);
+    return s;
+  });
+  return { child, output, drained, status, exited: () => exited };
 }
 
 /** Keeps the last {@link keptOutputBytes} of a process's stdout and stderr. */
@@ -459,6 +642,7 @@ function ganeshaConfig(
     exportDir: string;
     workDir: string;
     readOnly: boolean;
+    privilegedPort: boolean;
   },
 ): string {
   // Paths are quoted: the ganesha config lexer splits unquoted words on some
@@ -491,6 +675,7 @@ EXPORT {
   Pseudo = "${p.exportDir}";
   Protocols = 9P;
   Access_Type = ${p.readOnly ? "RO" : "RW"};
+  PrivilegedPort = ${p.privilegedPort};
   # Tests run as root and expect root's access; ganesha squashes root by default.
   Squash = No_Root_Squash;
   FSAL { Name = VFS; }

@@ -6,7 +6,8 @@
  */
 
 import { formatAddress } from "../address.ts";
-import { UsageError } from "../errors.ts";
+import { AuthError, UsageError } from "../errors.ts";
+import { DEFAULT_MUNGE_SOCKET, libmungeClient } from "../kernel/munge.ts";
 import { DEFAULT_EXPORT_ADDRESS, parseListenAddress, startExportServer } from "../server/export.ts";
 import { parseCidr } from "../server/access.ts";
 import {
@@ -15,6 +16,8 @@ import {
   commonHelp,
   commonOptions,
   parse,
+  parseAuthMode,
+  parseMungeSocket,
   parseSize,
 } from "./options.ts";
 
@@ -34,7 +37,15 @@ Options:
   --allow CIDR      only clients from this address range (repeatable; IPv4 or
                     IPv6, e.g. 10.0.0.0/8, fd00::/8; default: every address)
   --privport        only clients whose source port is below 1024 (as diod)
+  --auth MODE       munge: every attach must carry a MUNGE credential for the
+                    uid it names (as diod by default; "9nbd attach" and diodcat
+                    send one); none (default): no authentication
+  --munge-socket PATH
+                    munged's socket (default ${DEFAULT_MUNGE_SOCKET})
   --msize BYTES     largest 9P message to grant (default 1M + 24)
+
+An export that listens beyond loopback with neither --auth munge nor --allow
+says so in a warning at start-up.
 
 ${addressHelp}
 ${commonHelp}`;
@@ -47,6 +58,8 @@ export async function exportCommand(args: string[], out: (line: string) => void)
     rw: { type: "boolean" },
     allow: { type: "string", multiple: true },
     privport: { type: "boolean" },
+    auth: { type: "string" },
+    "munge-socket": { type: "string" },
     msize: { type: "string" },
   });
   if (values.help) {
@@ -65,7 +78,17 @@ export async function exportCommand(args: string[], out: (line: string) => void)
       throw new UsageError(`--msize: ${maxMsize} is outside 4K..64M`);
     }
   }
+  const auth = parseAuthMode(values.auth ?? "none", ["munge", "none"] as const);
+  const socket = values["munge-socket"] === undefined
+    ? DEFAULT_MUNGE_SOCKET
+    : parseMungeSocket(values["munge-socket"]);
   await applyVerbosity(values);
+  const munge = auth === "munge" ? libmungeClient(socket) : undefined;
+  // Minting one credential proves libmunge and munged are there before any
+  // client is refused for want of them.
+  await munge?.encode().catch((err) => {
+    throw err instanceof AuthError ? new AuthError(`--auth munge: ${err.message}`) : err;
+  });
   const server = await startExportServer({
     paths: positionals,
     listen,
@@ -73,6 +96,7 @@ export async function exportCommand(args: string[], out: (line: string) => void)
     allow,
     privilegedPortOnly: values.privport ?? false,
     maxMsize,
+    munge,
   });
   const { promise: stopped, resolve: stop } = Promise.withResolvers<void>();
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];

@@ -12,6 +12,8 @@ import { ADDRESS_FORMS } from "../address.ts";
 import { UsageError } from "../errors.ts";
 import type { ResilientOptions } from "../failover/mod.ts";
 import type { OpenOptions } from "../image.ts";
+import { DEFAULT_MUNGE_SOCKET } from "../kernel/munge.ts";
+import { AUTH_MODES, type AuthMode } from "../p9/auth.ts";
 import type { ReadAheadOptions } from "../readahead.ts";
 import { setupLogging, type Verbosity } from "../log.ts";
 import { SPEC_FORMS } from "../spec.ts";
@@ -33,6 +35,9 @@ export const serverOptions = {
   timeout: { type: "string" },
   connections: { type: "string" },
   "max-inflight": { type: "string" },
+  auth: { type: "string" },
+  "munge-socket": { type: "string" },
+  privport: { type: "boolean" },
 } as const satisfies Options;
 
 /**
@@ -58,7 +63,14 @@ Server options:
   --timeout SECONDS give up on a server that does not answer (default 10)
   --connections N   9P connections to the server, used in parallel (default 1)
   --max-inflight N  9P requests in flight per connection (default 64);
-                    --max-inflight 1 --connections 1 is the old one-at-a-time design`;
+                    --max-inflight 1 --connections 1 is the old one-at-a-time design
+  --auth MODE       auto (default): authenticate with MUNGE when the server asks
+                    for it (diod does by default); munge: always (fail against a
+                    server that takes none); none: never
+  --munge-socket PATH
+                    munged's socket (default ${DEFAULT_MUNGE_SOCKET})
+  --privport        connect from a privileged source port (512-1023; needs
+                    root), for servers that trust only those (diod's privport)`;
 
 /** Help text for {@link commonOptions}. */
 export const commonHelp = `
@@ -152,6 +164,9 @@ export function openOptions(values: {
   timeout?: string;
   connections?: string;
   "max-inflight"?: string;
+  auth?: string;
+  "munge-socket"?: string;
+  privport?: boolean;
 }): OpenOptions {
   const options: OpenOptions = {};
   if (values.uname !== undefined) {
@@ -173,7 +188,29 @@ export function openOptions(values: {
   if (values["max-inflight"] !== undefined) {
     options.maxInflight = parseInteger("max-inflight", values["max-inflight"], 1, 1024);
   }
+  options.auth = parseAuthMode(values.auth ?? "auto", AUTH_MODES);
+  if (values["munge-socket"] !== undefined) {
+    options.mungeSocket = parseMungeSocket(values["munge-socket"]);
+  }
+  if (values.privport) options.privilegedPort = true;
   return options;
+}
+
+/** `--auth`: one of `modes`. */
+export function parseAuthMode<M extends AuthMode>(text: string, modes: readonly M[]): M {
+  if (!(modes as readonly string[]).includes(text)) {
+    throw new UsageError(`--auth: "${text}" is not ${modes.join(", ")}`);
+  }
+  return text as M;
+}
+
+/**
+ * `--munge-socket`: fixed here, once, for every credential. A relative path
+ * stays relative (see libmungeClient in lib/kernel/munge.ts).
+ */
+export function parseMungeSocket(text: string): string {
+  if (text === "" || text.includes("\0")) throw new UsageError("--munge-socket: not a path");
+  return text;
 }
 
 /** Exactly `count` positional arguments, named for the error message. */

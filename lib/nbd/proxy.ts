@@ -22,7 +22,7 @@ import {
   parseListen,
 } from "../address.ts";
 import type { BlockBackend } from "../backend.ts";
-import { describeError, ProtocolError, UsageError } from "../errors.ts";
+import { describeError } from "../errors.ts";
 import { BufferedReader, writeAll } from "../io.ts";
 import { logger } from "../log.ts";
 import { type ByteStream, MAX_REQUEST_BYTES, NbdEngine, transmissionFlags } from "./engine.ts";

@@ -200,22 +200,53 @@ export class Session {
     if (fid !== NOFID) this.#freeFids.push(fid);
   }
 
-  /** Attach to `aname` as `uname`/`nUname` without authentication; returns the new fid. */
+  /**
+   * Attach to `aname` as `uname`/`nUname`; returns the new fid. `afid` is an
+   * authentication fid from {@link auth} that holds the credential, or
+   * NOFID (the default) to attach without authentication.
+   */
   async attach(
     uname: string,
     aname: string,
     nUname: number,
+    afid: number = NOFID,
   ): Promise<{ fid: number; qid: Qid }> {
     const fid = this.allocFid();
     try {
       const reply = await this.#request(
-        { type: MsgType.Tattach, fid, afid: NOFID, uname, aname, nUname },
+        { type: MsgType.Tattach, fid, afid, uname, aname, nUname },
         MsgType.Rattach,
         `attach ${aname}`,
       );
       return { fid, qid: reply.qid };
     } catch (err) {
       this.releaseFid(fid);
+      throw err;
+    }
+  }
+
+  /**
+   * Tauth: ask for an authentication fid for attaching to `aname` as
+   * `uname`/`nUname`. The caller writes a credential into it, attaches with
+   * it and clunks it. A server that needs no authentication answers with an
+   * Rlerror (diod ENOENT, nfs-ganesha EOPNOTSUPP), a {@link P9Error} here,
+   * and the fid goes back to the pool.
+   */
+  async auth(
+    uname: string,
+    aname: string,
+    nUname: number,
+  ): Promise<{ afid: number; aqid: Qid }> {
+    const afid = this.allocFid();
+    try {
+      const reply = await this.#request(
+        { type: MsgType.Tauth, afid, uname, aname, nUname },
+        MsgType.Rauth,
+        `auth ${aname}`,
+      );
+      return { afid, aqid: reply.aqid };
+    } catch (err) {
+      this.releaseFid(afid);
       throw err;
     }
   }

@@ -120,7 +120,7 @@ export interface Qid {
 }
 
 /** Qid type bits. */
-export const QidType = { DIR: 0x80, FILE: 0 } as const;
+export const QidType = { DIR: 0x80, AUTH: 0x08, FILE: 0 } as const;
 
 /** Bytes of a qid: type[1] version[4] path[8]. */
 const QID_BYTES = 13;

@@ -123,6 +123,17 @@ export function cidrContains(cidr: Cidr, host: string): boolean {
   return (address.value & maskOf(bits, cidr.prefixBits)) === cidr.network;
 }
 
+/**
+ * True when `host` (a listening address) reaches this machine only:
+ * `localhost`, 127.0.0.0/8, ::1 (or ::ffff:127.x.y.z).
+ */
+export function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  const address = addressOf(host);
+  if (!address) return false;
+  return address.family === 4 ? address.value >> 24n === 127n : address.value === 1n;
+}
+
 /** Who may connect. An empty `allow` list allows every address. */
 export interface AccessPolicy {
   allow: Cidr[];

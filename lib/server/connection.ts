@@ -25,6 +25,7 @@ import { BatchWriter } from "../io.ts";
 import { type ByteStream, FrameReader } from "../p9/transport.ts";
 import { decode, encode, MsgType, msgTypeName, NOTAG, peekHeader } from "../p9/wire.ts";
 import { Errno } from "../errno.ts";
+import type { ServerAuth } from "./auth.ts";
 import type { ExportTable } from "./exports.ts";
 import { FidTable } from "./fids.ts";
 import {
@@ -47,6 +48,8 @@ export interface ConnectionOptions {
   maxInflight: number;
   /** Fids a connection may hold. */
   maxFids: number;
+  /** MUNGE authentication, when every attach must be authenticated. */
+  auth?: ServerAuth;
 }
 
 /** Smallest msize the server agrees to: a header and a useful payload. */
@@ -65,6 +68,8 @@ export class Connection implements HandlerContext {
   readonly fids: FidTable;
   readonly exports: ExportTable;
   readonly readOnly: boolean;
+  readonly auth: ServerAuth | undefined;
+  authenticatedUid: number | undefined;
   readonly #reader: FrameReader;
   readonly #inflight = new Map<number, InFlight>();
   #slotsUsed = 0;
@@ -83,6 +88,7 @@ export class Connection implements HandlerContext {
     this.fids = new FidTable(options.maxFids);
     this.exports = options.exports;
     this.readOnly = options.readOnly;
+    this.auth = options.auth;
     this.#reader = new FrameReader(stream, options.maxMsize, 128 * 1024);
     this.#writer = new BatchWriter(stream, {
       onDone: () => this.#releaseSlot(),
@@ -177,13 +183,17 @@ export class Connection implements HandlerContext {
     this.#start(tag, () => handle(this, tag, request));
   }
 
-  /** Tversion: negotiate msize; everything in flight is abandoned and every fid clunked. */
+  /**
+   * Tversion: negotiate msize; everything in flight is abandoned, every fid
+   * clunked, and the connection is no longer authenticated.
+   */
   async #version(frame: Uint8Array, tag: number): Promise<void> {
     const { msg } = decode(frame);
     const { msize, version } = msg as { msize: number; version: string };
     for (const entry of this.#inflight.values()) entry.flushed = true;
     await Promise.all([...this.#inflight.values()].map((e) => e.settled));
     this.fids.clear();
+    this.authenticatedUid = undefined;
     if (msize < MIN_MSIZE) throw new ProtocolError(`client msize ${msize} is below ${MIN_MSIZE}`);
     const granted = Math.min(msize, this.options.maxMsize);
     const known = version === "9P2000.L" || version.startsWith("9P2000.L.");

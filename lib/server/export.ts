@@ -11,7 +11,8 @@ import { type Address, formatAddress, listen, P9_PORT, parseListen } from "../ad
 import { UsageError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { IOHDRSZ } from "../p9/wire.ts";
-import { type AccessPolicy, type Cidr, parseCidr, refusal } from "./access.ts";
+import { type AccessPolicy, type Cidr, isLoopback, parseCidr, refusal } from "./access.ts";
+import { type CredentialDecoder, ServerAuth } from "./auth.ts";
 import { Connection, MIN_MSIZE } from "./connection.ts";
 import { ExportTable } from "./exports.ts";
 
@@ -35,6 +36,11 @@ export interface ExportServerOptions {
   maxInflight?: number;
   /** Fids per connection (default 1024). */
   maxFids?: number;
+  /**
+   * Require MUNGE authentication of every attach, decoding credentials
+   * through this (lib/server/auth.ts has the rules). Left out, none is asked for.
+   */
+  munge?: CredentialDecoder & { socketPath?: string };
 }
 
 /** A running export server. */
@@ -55,6 +61,22 @@ export function parseListenAddress(text: string): Address {
   return parseListen(text, P9_PORT);
 }
 
+/**
+ * The start-up warning of an export anyone may use: one listening beyond
+ * loopback with neither authentication nor `--allow`; undefined otherwise.
+ */
+export function exposureWarning(
+  address: Address,
+  guards: { authenticated: boolean; allowed: boolean; readOnly: boolean },
+): string | undefined {
+  if (address.kind !== "tcp" || isLoopback(address.host)) return undefined;
+  if (guards.authenticated || guards.allowed) return undefined;
+  return `${formatAddress(address)} is reachable from other machines, with no ` +
+    `authentication (--auth munge) and no --allow: anyone who reaches it may ${
+      guards.readOnly ? "read" : "read and write"
+    } the images`;
+}
+
 /** Start serving; resolves once the listener is bound. */
 export async function startExportServer(options: ExportServerOptions): Promise<ExportServer> {
   if (options.paths.length === 0) throw new UsageError("nothing to export");
@@ -73,7 +95,21 @@ export async function startExportServer(options: ExportServerOptions): Promise<E
   log.info(
     `serving ${options.paths.join(" ")} on ${where} (${readOnly ? "read-only" : "read-write"})`,
   );
-  if (address.kind === "tcp" && policy.allow.length === 0) {
+  const auth = options.munge ? new ServerAuth(options.munge) : undefined;
+  if (options.munge) {
+    log.info(
+      `every attach must be authenticated with MUNGE (munged at ${
+        options.munge.socketPath ?? "its default socket"
+      })`,
+    );
+  }
+  const exposed = exposureWarning(address, {
+    authenticated: auth !== undefined,
+    allowed: policy.allow.length > 0,
+    readOnly,
+  });
+  if (exposed) log.warn(exposed);
+  else if (address.kind === "tcp" && policy.allow.length === 0) {
     log.info("no --allow given: every client address may connect");
   }
 
@@ -109,6 +145,7 @@ export async function startExportServer(options: ExportServerOptions): Promise<E
         maxMsize,
         maxInflight: options.maxInflight ?? 64,
         maxFids: options.maxFids ?? 1024,
+        auth,
       });
       const entry = { connection, done: connection.run() };
       live.add(entry);

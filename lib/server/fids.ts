@@ -52,9 +52,50 @@ export class Fid {
   }
 }
 
+/**
+ * An authentication fid (Tauth): the credential the client writes into it,
+ * for the attach that names it (lib/server/auth.ts checks it).
+ */
+export class AuthFid {
+  #credential = new Uint8Array(0);
+
+  constructor(
+    /** The uid the Tauth named (n_uname); the attach must name the same. */
+    readonly nUname: number,
+    /** Most credential bytes accepted. */
+    readonly maxBytes: number,
+  ) {}
+
+  /** Append `data` written at `offset`, which must be where the credential ends so far. */
+  write(offset: bigint, data: Uint8Array): number {
+    const sofar = this.#credential;
+    if (offset !== BigInt(sofar.length)) {
+      throw new P9Error(
+        Errno.EINVAL,
+        `auth: write at ${offset}, the credential ends at ${sofar.length}`,
+      );
+    }
+    if (sofar.length + data.length > this.maxBytes) {
+      throw new P9Error(Errno.EFBIG, `auth: a credential longer than ${this.maxBytes} bytes`);
+    }
+    // A credential is a few hundred bytes, written once or a few times.
+    this.#credential = new Uint8Array(sofar.length + data.length);
+    this.#credential.set(sofar);
+    this.#credential.set(data, sofar.length);
+    return data.length;
+  }
+
+  /** The credential written so far, as text ("" when none was). */
+  credential(): string {
+    return new TextDecoder().decode(this.#credential);
+  }
+
+  clunk(): void {}
+}
+
 /** The fid table of one connection, with a bound so a client cannot exhaust file descriptors. */
 export class FidTable {
-  readonly #fids = new Map<number, Fid>();
+  readonly #fids = new Map<number, Fid | AuthFid>();
 
   constructor(readonly maxFids: number) {}
 
@@ -62,10 +103,20 @@ export class FidTable {
     return this.#fids.size;
   }
 
+  /** The file fid `fid`; EBADF when there is none (an authentication fid is not one). */
   get(fid: number, operation: string): Fid {
     const found = this.#fids.get(fid);
     if (!found) throw new P9Error(Errno.EBADF, `${operation}: unknown fid ${fid}`);
+    if (found instanceof AuthFid) {
+      throw new P9Error(Errno.EBADF, `${operation}: fid ${fid} is an authentication fid`);
+    }
     return found;
+  }
+
+  /** The authentication fid `fid`, or undefined when `fid` is not one. */
+  getAuth(fid: number): AuthFid | undefined {
+    const found = this.#fids.get(fid);
+    return found instanceof AuthFid ? found : undefined;
   }
 
   has(fid: number): boolean {
@@ -73,7 +124,7 @@ export class FidTable {
   }
 
   /** Add a new fid; `replace` allows Twalk's newfid == fid. */
-  add(fid: number, entry: Fid, operation: string, replace = false): void {
+  add(fid: number, entry: Fid | AuthFid, operation: string, replace = false): void {
     const old = this.#fids.get(fid);
     if (old && !replace) throw new P9Error(Errno.EEXIST, `${operation}: fid ${fid} is in use`);
     if (!old && this.#fids.size >= this.maxFids) {
@@ -85,7 +136,9 @@ export class FidTable {
 
   /** Remove and clunk a fid. */
   clunk(fid: number, operation: string): void {
-    this.get(fid, operation).clunk();
+    const found = this.#fids.get(fid);
+    if (!found) throw new P9Error(Errno.EBADF, `${operation}: unknown fid ${fid}`);
+    found.clunk();
     this.#fids.delete(fid);
   }
 

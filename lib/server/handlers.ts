@@ -22,16 +22,18 @@ import {
   RREAD_HEADER_BYTES,
 } from "../p9/wire.ts";
 import { Errno } from "../errno.ts";
+import type { AuthContext, ServerAuth } from "./auth.ts";
 import { type ExportTable, openNode } from "./exports.ts";
-import { Fid, type FidTable } from "./fids.ts";
+import { Fid } from "./fids.ts";
 
 /** What a handler may look at: the connection's state. */
-export interface HandlerContext {
+export interface HandlerContext extends AuthContext {
   exports: ExportTable;
-  fids: FidTable;
   /** The negotiated msize. */
   msize: number;
   readOnly: boolean;
+  /** MUNGE authentication, when the server requires it. */
+  auth?: ServerAuth;
 }
 
 /** A request the server handles, decoded. */
@@ -96,11 +98,19 @@ const NAME_MAX = 255;
 export async function handle(ctx: HandlerContext, tag: number, msg: Request): Promise<Uint8Array> {
   switch (msg.type) {
     case MsgType.Tauth:
-      // No authentication: as diod, "no such auth file", so clients attach with afid = NOFID.
-      throw new P9Error(Errno.ENOENT, "auth: not required");
+      // Without authentication, as diod: "no such auth file", so clients attach with NOFID.
+      if (!ctx.auth) throw new P9Error(Errno.ENOENT, "auth: not required");
+      ctx.auth.start(ctx, msg);
+      return encode(tag, {
+        type: MsgType.Rauth,
+        aqid: { type: QidType.AUTH, version: 0, path: 0n },
+      });
     case MsgType.Tattach: {
-      if (msg.afid !== NOFID) throw new P9Error(Errno.EINVAL, "attach: no authentication here");
+      if (!ctx.auth && msg.afid !== NOFID) {
+        throw new P9Error(Errno.EINVAL, "attach: no authentication here");
+      }
       if (ctx.fids.has(msg.fid)) throw new P9Error(Errno.EEXIST, `attach: fid ${msg.fid} in use`);
+      if (ctx.auth) await ctx.auth.admit(ctx, msg);
       const node = await ctx.exports.attach(msg.aname);
       ctx.fids.add(msg.fid, new Fid(node), "attach");
       return encode(tag, { type: MsgType.Rattach, qid: node.qid });
@@ -176,6 +186,11 @@ export async function handle(ctx: HandlerContext, tag: number, msg: Request): Pr
       });
     }
     case MsgType.Twrite: {
+      // A credential written into an authentication fid; a read-only export takes it too.
+      const authFid = ctx.fids.getAuth(msg.fid);
+      if (authFid) {
+        return encode(tag, { type: MsgType.Rwrite, count: authFid.write(msg.offset, msg.data) });
+      }
       if (ctx.readOnly) throw new P9Error(Errno.EROFS, "write: the export is read-only");
       const fid = ctx.fids.get(msg.fid, "write");
       return await fid.use(async () => {

@@ -100,8 +100,8 @@ Deno.test("parseInteger rejects signs, fractions, other bases and values out of 
   assertUsageError(() => parseInteger("count", "3", 5, 10), /from 5 to 10/, "below min");
 });
 
-Deno.test("openOptions without options gives only the default 10 s timeout", () => {
-  assert.deepEqual(openOptions({}), { timeoutMs: 10_000 });
+Deno.test("openOptions without options gives only the default 10 s timeout and --auth auto", () => {
+  assert.deepEqual(openOptions({}), { timeoutMs: 10_000, auth: "auto" });
 });
 
 Deno.test("openOptions converts every server option", () => {
@@ -110,7 +110,18 @@ Deno.test("openOptions converts every server option", () => {
     uid: 1000,
     msize: 65536,
     timeoutMs: 2500,
+    auth: "auto",
   });
+  assert.deepEqual(
+    openOptions({ auth: "none", "munge-socket": "../munge/munge.socket.2", privport: true }),
+    {
+      timeoutMs: 10_000,
+      auth: "none",
+      mungeSocket: "../munge/munge.socket.2",
+      privilegedPort: true,
+    },
+  );
+  assert.equal(openOptions({ auth: "munge" }).auth, "munge");
   assert.equal(openOptions({ msize: "4096" }).msize, 4096);
   assert.equal(openOptions({ msize: "64M" }).msize, 64 << 20);
   assert.equal(openOptions({ timeout: "1" }).timeoutMs, 1000);
@@ -125,6 +136,8 @@ Deno.test("openOptions rejects an empty uname, a bad uid, msize outside 4K..64M 
   assertUsageError(() => openOptions({ msize: "lots" }), /--msize/, "lots");
   assertUsageError(() => openOptions({ timeout: "0.5" }), /--timeout/, "0.5 s");
   assertUsageError(() => openOptions({ timeout: "forever" }), /--timeout/, "forever");
+  assertUsageError(() => openOptions({ auth: "kerberos" }), /--auth: .*auto, munge, none/, "auth");
+  assertUsageError(() => openOptions({ "munge-socket": "" }), /--munge-socket/, "empty socket");
 });
 
 Deno.test("parse turns unknown options and missing values into usage errors", () => {

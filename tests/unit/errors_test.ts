@@ -2,6 +2,7 @@
 
 import assert from "node:assert/strict";
 import {
+  AuthError,
   ConnectionError,
   describeError,
   ErrnoError,
@@ -14,6 +15,7 @@ import {
   TimeoutError,
   UsageError,
 } from "../../lib/errors.ts";
+import { MungeError, MungeStatus } from "../../lib/kernel/munge.ts";
 import { nbdErrorFor } from "../../lib/nbd/wire.ts";
 
 Deno.test("connection failures, timeouts and protocol errors are retriable; answers are not", () => {
@@ -78,6 +80,18 @@ const decisions: [string, unknown, boolean, number][] = [
   ["local EISDIR (a directory)", new ErrnoError(21, "open /srv"), false, ExitCode.failure],
   ["local ENOENT (short walk)", new ErrnoError(2, "walk dir/x"), false, ExitCode.notFound],
   ["local EROFS (read-only)", new ErrnoError(30, "write"), false, ExitCode.permission],
+  [
+    "authentication (a refused MUNGE credential, a key that differs)",
+    new AuthError("attach /x: the server refused our MUNGE credential"),
+    false,
+    ExitCode.permission,
+  ],
+  [
+    "munged not running",
+    new MungeError(MungeStatus.socket, "munged is not running (no socket at /run/munge)"),
+    false,
+    ExitCode.permission,
+  ],
   ["syscall EPERM", new ErrnoError(1, "attach", "needs root"), false, ExitCode.permission],
   ["syscall EBUSY", new ErrnoError(16, "attach /dev/nbd0"), false, ExitCode.busy],
   ["syscall ENXIO", new ErrnoError(6, "detach /dev/nbd3"), false, ExitCode.notFound],

@@ -2,12 +2,21 @@
  * `9nbd export` against our own client (Image, Session) and hand-built
  * frames, in process on free loopback ports: reads and writes at odd
  * offsets, many readers at once, Tflush ordering, escapes out of the export,
- * read-only refusal, hostile clients, --allow and --privport.
+ * read-only refusal, hostile clients, --allow and --privport (both sides),
+ * MUNGE authentication (with a fake munged) and the start-up warning.
  */
 
 import assert from "node:assert/strict";
 import * as net from "node:net";
-import { ConnectionError, ErrnoError, P9Error } from "../../lib/errors.ts";
+import {
+  AuthError,
+  ConnectionError,
+  ErrnoError,
+  ExitCode,
+  exitCodeFor,
+  P9Error,
+} from "../../lib/errors.ts";
+import { Errno } from "../../lib/errno.ts";
 import { Image } from "../../lib/image.ts";
 import type { ByteStream } from "../../lib/io.ts";
 import { Session } from "../../lib/p9/session.ts";
@@ -19,15 +28,19 @@ import {
   type Frame,
   type Message,
   MsgType,
+  msgTypeName,
   NOFID,
+  NONUNAME,
   NOTAG,
   RREAD_HEADER_BYTES,
 } from "../../lib/p9/wire.ts";
 import { cidrContains, parseCidr } from "../../lib/server/access.ts";
+import { MAX_CREDENTIAL_BYTES } from "../../lib/server/auth.ts";
 import { Connection } from "../../lib/server/connection.ts";
 import {
   type ExportServer,
   type ExportServerOptions,
+  exposureWarning,
   parseListenAddress,
   startExportServer,
 } from "../../lib/server/export.ts";
@@ -35,6 +48,7 @@ import { ExportTable } from "../../lib/server/exports.ts";
 import { parseSpec } from "../../lib/spec.ts";
 import { randomBytes } from "../../tools/random.ts";
 import { memoryDuplexPair } from "./support/duplex.ts";
+import { FakeMunge } from "./support/fake_munge.ts";
 import { waitFor } from "../support/wait.ts";
 
 const IMAGE_BYTES = 8 * 1024 * 1024 + 4321;
@@ -710,6 +724,240 @@ Deno.test({
       }
       throw lastError;
     }),
+});
+
+Deno.test({
+  name:
+    "a client with --privport connects from a port below 1024, which a --privport export admits",
+  ...testOptions,
+  fn: () =>
+    withServer({ privilegedPortOnly: true }, async ({ spec, image }) => {
+      const opening = Image.open(parseSpec(spec()), { privilegedPort: true });
+      if (Deno.uid() !== 0) {
+        // Without root the bind is refused: one line that says so, exit code 3.
+        await assert.rejects(opening, (err: unknown) => {
+          assert.ok(err instanceof ErrnoError, String(err));
+          assert.match(err.message, /--privport: .*needs root/);
+          assert.equal(exitCodeFor(err), ExitCode.permission);
+          return true;
+        });
+        return;
+      }
+      const opened = await opening;
+      try {
+        const dest = new Uint8Array(300_000);
+        await opened.read(4_000_000, dest);
+        assert.deepEqual(dest, image.subarray(4_000_000, 4_300_000));
+      } finally {
+        await opened.close();
+      }
+      await assert.rejects(
+        Image.open(parseSpec(spec()), { timeoutMs: 3000 }),
+        (err: unknown) => err instanceof ConnectionError,
+        "the same export refuses an ordinary source port",
+      );
+    }),
+});
+
+/** Open `spec` with MUNGE credentials from `client` (auth auto). */
+function openAuthenticated(spec: string, client: FakeMunge, mode: "auto" | "none" = "auto") {
+  return Image.open(parseSpec(spec), { auth: mode, credentials: client, uid: client.uid });
+}
+
+Deno.test({
+  name:
+    "--auth munge: a client with a good credential reads; another key, none, or a replay is refused",
+  ...testOptions,
+  fn: async () => {
+    const munged = new FakeMunge(0, "key-a");
+    await withServer({ munge: munged }, async ({ spec, image }) => {
+      const client = new FakeMunge(0, "key-a");
+      const opened = await openAuthenticated(spec(), client);
+      try {
+        const dest = new Uint8Array(100_000);
+        await opened.read(123_457, dest);
+        assert.deepEqual(dest, image.subarray(123_457, 223_457));
+      } finally {
+        await opened.close();
+      }
+      assert.deepEqual(
+        munged.decoded,
+        client.encoded,
+        "the server decoded the client's credential",
+      );
+
+      const refusals = [
+        [
+          "another key",
+          () => openAuthenticated(spec(), new FakeMunge(0, "key-b")),
+          /refused our MUNGE credential/,
+        ],
+        [
+          "--auth none",
+          () => openAuthenticated(spec(), new FakeMunge(0), "none"),
+          /requires authentication.*--auth none/,
+        ],
+      ] as const;
+      for (const [what, open, pattern] of refusals) {
+        await assert.rejects(open(), (err: unknown) => {
+          assert.ok(err instanceof AuthError, `${what}: ${err}`);
+          assert.match(err.message, pattern, what);
+          return true;
+        });
+      }
+
+      // A replayed credential: the one the first client already used.
+      const replayer = new FakeMunge(0, "key-a");
+      replayer.encode = () => Promise.resolve(client.encoded[0]);
+      await assert.rejects(openAuthenticated(spec(), replayer), AuthError);
+    });
+  },
+});
+
+/** Send `msg` with tag 1 and return the reply. */
+async function ask(raw: RawClient, msg: Message): Promise<Frame | null> {
+  await raw.send(encode(1, msg));
+  return await raw.next();
+}
+
+/** The errno of an Rlerror reply, or the reply's type name when it is not one. */
+function answerOf(frame: Frame | null): string {
+  if (frame === null) return "closed";
+  return frame.msg.type === MsgType.Rlerror
+    ? `errno ${frame.msg.ecode}`
+    : msgTypeName(frame.msg.type);
+}
+
+const EPERM = `errno ${Errno.EPERM}`;
+
+Deno.test({
+  name:
+    "--auth munge follows diod: the credential must vouch for the attach's uid, once, and an authenticated connection may attach again as that uid (any, if root)",
+  ...testOptions,
+  fn: async () => {
+    const munged = new FakeMunge(0, "key-a");
+    await withServer({ munge: munged }, async ({ dir, port }) => {
+      const version: Message = { type: MsgType.Tversion, msize: 65536, version: "9P2000.L" };
+      const auth = (afid: number, nUname: number): Message => ({
+        type: MsgType.Tauth,
+        afid,
+        uname: "",
+        aname: dir,
+        nUname,
+      });
+      const write = (fid: number, offset: number, text: string): Message => ({
+        type: MsgType.Twrite,
+        fid,
+        offset: BigInt(offset),
+        data: new TextEncoder().encode(text),
+      });
+      const attach = (fid: number, afid: number, nUname: number): Message => ({
+        type: MsgType.Tattach,
+        fid,
+        afid,
+        uname: "",
+        aname: dir,
+        nUname,
+      });
+      const raw = await RawClient.connect(port);
+      try {
+        await raw.send(encode(NOTAG, version));
+        await raw.next();
+        assert.equal(answerOf(await ask(raw, attach(1, NOFID, 1000))), EPERM, "no auth yet");
+        assert.equal(answerOf(await ask(raw, auth(9, NONUNAME))), EPERM, "no numeric uid");
+        assert.equal(answerOf(await ask(raw, auth(9, 1000))), "Rauth");
+        const credential = await new FakeMunge(1000, "key-a").encode();
+        assert.equal(answerOf(await ask(raw, write(9, 5, credential))), `errno ${Errno.EINVAL}`);
+        assert.equal(answerOf(await ask(raw, write(9, 0, credential.slice(0, 10)))), "Rwrite");
+        assert.equal(answerOf(await ask(raw, write(9, 10, credential.slice(10)))), "Rwrite");
+        assert.equal(
+          answerOf(await ask(raw, { type: MsgType.Tread, fid: 9, offset: 0n, count: 100 })),
+          `errno ${Errno.EBADF}`,
+          "an authentication fid is not a file",
+        );
+        assert.equal(answerOf(await ask(raw, attach(1, 9, 0))), EPERM, "afid made for 1000");
+        assert.equal(answerOf(await ask(raw, attach(1, 9, 1000))), "Rattach");
+        assert.equal(answerOf(await ask(raw, attach(2, 9, 1000))), EPERM, "a replay");
+        assert.equal(answerOf(await ask(raw, attach(3, NOFID, 1000))), "Rattach", "same uid");
+        assert.equal(answerOf(await ask(raw, attach(4, NOFID, 0))), EPERM, "another uid");
+        assert.equal(answerOf(await ask(raw, { type: MsgType.Tclunk, fid: 9 })), "Rclunk");
+        await raw.send(encode(NOTAG, version));
+        await raw.next();
+        assert.equal(answerOf(await ask(raw, attach(1, NOFID, 1000))), EPERM, "Tversion forgets");
+
+        // A credential for root, on an afid made for uid 1000: refused.
+        assert.equal(answerOf(await ask(raw, auth(8, 1000))), "Rauth");
+        const asRoot = new FakeMunge(0, "key-a");
+        await ask(raw, write(8, 0, await asRoot.encode()));
+        assert.equal(answerOf(await ask(raw, attach(1, 8, 1000))), EPERM, "vouches for 0");
+
+        // Root authenticated may attach as anyone.
+        assert.equal(answerOf(await ask(raw, auth(7, 0))), "Rauth");
+        await ask(raw, write(7, 0, await asRoot.encode()));
+        assert.equal(answerOf(await ask(raw, attach(2, 7, 0))), "Rattach");
+        assert.equal(answerOf(await ask(raw, attach(3, NOFID, 1000))), "Rattach", "after root");
+
+        assert.equal(answerOf(await ask(raw, auth(6, 0))), "Rauth");
+        assert.equal(
+          answerOf(await ask(raw, write(6, 0, "x".repeat(MAX_CREDENTIAL_BYTES + 1)))),
+          `errno ${Errno.EFBIG}`,
+        );
+        assert.equal(answerOf(await ask(raw, attach(4, 6, 0))), EPERM, "nothing written");
+      } finally {
+        raw.close();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "without --auth, Tauth answers ENOENT (as diod) and an attach naming an afid is refused",
+  ...testOptions,
+  fn: () =>
+    withServer({}, async ({ dir, port }) => {
+      const raw = await RawClient.connect(port);
+      try {
+        await raw.send(
+          encode(NOTAG, { type: MsgType.Tversion, msize: 8192, version: "9P2000.L" }),
+        );
+        await raw.next();
+        const tauth: Message = { type: MsgType.Tauth, afid: 9, uname: "", aname: dir, nUname: 0 };
+        assert.equal(answerOf(await ask(raw, tauth)), `errno ${Errno.ENOENT}`);
+        assert.equal(
+          answerOf(
+            await ask(raw, {
+              type: MsgType.Tattach,
+              fid: 1,
+              afid: 9,
+              uname: "",
+              aname: dir,
+              nUname: 0,
+            }),
+          ),
+          `errno ${Errno.EINVAL}`,
+        );
+      } finally {
+        raw.close();
+      }
+    }),
+});
+
+Deno.test("an export anyone may use is warned about: beyond loopback, no authentication, no --allow", () => {
+  const guards = { authenticated: false, allowed: false, readOnly: true };
+  const everywhere = parseListenAddress(":5640");
+  assert.match(
+    exposureWarning(everywhere, guards) ?? "",
+    /^0\.0\.0\.0:5640 is reachable from other machines, .*anyone who reaches it may read the images$/,
+  );
+  assert.match(
+    exposureWarning(parseListenAddress("[::]:564"), { ...guards, readOnly: false }) ?? "",
+    /may read and write the images/,
+  );
+  for (const safe of ["127.0.0.1", "127.3.4.5:99", "[::1]", "localhost", "unix:/run/9p.sock"]) {
+    assert.equal(exposureWarning(parseListenAddress(safe), guards), undefined, safe);
+  }
+  assert.equal(exposureWarning(everywhere, { ...guards, authenticated: true }), undefined);
+  assert.equal(exposureWarning(everywhere, { ...guards, allowed: true }), undefined);
 });
 
 Deno.test("CIDR ranges and --listen addresses parse as written", () => {
